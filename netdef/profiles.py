@@ -1,7 +1,7 @@
 """Optimization-profile shape ranges, shared by netdef builds and the parser baseline.
 
-Defaults: batch 1..64 and T 16..1024 for the encoder; hyps [B, beam, 64] for the decoder, whose
-encoder_out length is the encoder's subsampled T' for T in that range.
+Defaults: batch 1..64 and T 16..1024 for the encoder; encoder_out T 1..256 (the hackathon's decoder
+cases go up to 256, one more than T'(1024) = 255) and hyps [B, beam, 64] for the decoder.
 """
 from __future__ import annotations
 
@@ -19,11 +19,12 @@ def subsampled_length(t: int) -> int:
 class ProfileSpec:
     batch: tuple[int, int, int] = (1, 16, 64)
     frames: tuple[int, int, int] = (16, 256, 1024)  # encoder input T
+    encoder_out_frames: tuple[int, int, int] = (1, 64, 256)  # decoder input T
     hyp_len: int = 64  # decoder hyps_pad_sos_eos last dimension (sos + tokens + eos + padding)
     beam: int = 10
 
     def validate(self) -> None:
-        for name, (lo, opt, hi) in (("batch", self.batch), ("frames", self.frames)):
+        for name, (lo, opt, hi) in (("batch", self.batch), ("frames", self.frames), ("encoder-out-frames", self.encoder_out_frames)):
             if not 1 <= lo <= opt <= hi:
                 raise ValueError(f"profile --{name}: needs 1 <= min <= opt <= max, got {lo},{opt},{hi}")
         if subsampled_length(self.frames[0]) <= 0:
@@ -43,7 +44,7 @@ class ProfileSpec:
 
     def decoder_ranges(self, d_model: int) -> ShapeRanges:
         b = self.batch
-        t_out = tuple(subsampled_length(t) for t in self.frames)
+        t_out = self.encoder_out_frames
         return {
             "encoder_out": tuple((b[i], t_out[i], d_model) for i in range(3)),
             "encoder_out_lens": tuple((b[i],) for i in range(3)),
