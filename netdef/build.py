@@ -173,6 +173,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     prof.add_argument("--encoder-out-frames", type=lambda s: _triple(s, "--encoder-out-frames"), default=ProfileSpec.encoder_out_frames, metavar="MIN,OPT,MAX", help="decoder encoder_out T range (default 1,64,256)")
     prof.add_argument("--hyp-len", type=int, default=ProfileSpec.hyp_len, help="decoder hyps_pad_sos_eos length (default 64)")
     ap.add_argument("--verify", action="store_true", help="evaluate the networks on the CPU on the 9 hackathon cases against ONNX Runtime and write verify.json")
+    ap.add_argument("--cases", type=Path, default=None, help="with --verify: cases.npz with inputs and ONNX Runtime outputs (default: the built-in model's, or computed from the ONNX files named in config.json)")
     ap.add_argument("--quiet", action="store_true", help="no build progress")
     ap.add_argument("-v", "--verbose", action="store_true")
     return ap.parse_args(argv)
@@ -232,7 +233,7 @@ def _run(args) -> int:
         from .verify import print_table, verify_build
 
         report = verify_build(manifest, model=model, weights_dir=args.weights, policy=policy,
-                              profile=profile, outputs=outputs)
+                              profile=profile, outputs=outputs, cases_path=args.cases)
         print_table(report)
         return 0 if report["all_pass"] else 1
     return 0

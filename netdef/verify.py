@@ -1,0 +1,127 @@
+"""`--verify`: evaluate networks on the CPU on the 9 hackathon cases and compare with ONNX Runtime.
+
+No machine here can execute a TensorRT engine, so what is checked is the network definition the
+plan was built from, evaluated layer by layer by netdef.evaluator (FP16 tensors rounded as TensorRT
+stores them), against ONNX Runtime on the original ONNX. The report is written to EDIR/verify.json:
+{"cases": [{"network", "batch", "T", "output", "a", "r", "pass"}], "all_pass": bool}.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .engine import atomic_write_json
+from .metrics import HACKATHON_CASES, THRESHOLDS, hackathon_metrics
+
+JUDGED = ("encoder_out", "encoder_out_lens", "decoder_out", "best_index")
+
+
+def case_arrays(cases, network: str, batch: int, frames: int, names) -> dict[str, np.ndarray]:
+    prefix = f"{network}.b{batch}.t{frames}."
+    missing = [n for n in names if prefix + n not in cases]
+    if missing:
+        raise KeyError(f"cases: no '{prefix}{missing[0]}' (the cases file lacks this network's tensors)")
+    return {n: np.asarray(cases[prefix + n]) for n in names}
+
+
+def cases_from_onnx(config: dict, seed: int = 0) -> dict[str, np.ndarray]:
+    """Hackathon-style cases with ONNX Runtime references, for weights that came with no cases file.
+
+    The ONNX files are the ones config.json says the weights were extracted from (hash-checked).
+    """
+    from tools.export_wenet import make_cases
+
+    from .engine import sha256_file
+
+    with tempfile.TemporaryDirectory(prefix="netdef-verify.") as tmp:
+        for network in ("encoder", "decoder"):
+            source = config.get("sources", {}).get(network)
+            if not source or not Path(source["path"]).is_file():
+                raise FileNotFoundError(f"--verify: config.json names no readable {network} ONNX to compute references from; pass the model's cases.npz with --cases")
+            if sha256_file(source["path"]) != source["sha256"]:
+                raise ValueError(f"--verify: {source['path']} changed since the weights were extracted (sha256 differs)")
+            (Path(tmp) / f"{network}.onnx").symlink_to(Path(source["path"]).resolve())
+        return make_cases(config, Path(tmp), seed)
+
+
+def compare_network(network_name: str, network, cases, outputs, progress=True) -> list[dict]:
+    """Evaluate one network definition on the 9 cases; metrics for each judged output."""
+    from .evaluator import evaluate
+
+    input_names = [network.get_input(i).name for i in range(network.num_inputs)]
+    rows = []
+    for batch, frames in HACKATHON_CASES:
+        start = time.perf_counter()
+        got = evaluate(network, case_arrays(cases, network_name, batch, frames, input_names))
+        for out in outputs:
+            if out not in JUDGED or out not in got:
+                continue
+            ref = case_arrays(cases, network_name, batch, frames, [out])[out]
+            rows.append({"network": network_name, "batch": batch, "T": frames, "output": out, **hackathon_metrics(out, got[out], ref)})
+        if progress:
+            print(f"[verify] {network_name} b{batch} t{frames}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+    return rows
+
+
+def verify_definitions(definitions: dict, cases, progress=True) -> dict:
+    """definitions: name -> object with .network and .outputs (netdef.build.NetworkDefinition)."""
+    rows = []
+    for name, d in definitions.items():
+        rows += compare_network(name, d.network, cases, d.outputs, progress)
+    return {"cases": rows, "all_pass": bool(rows) and all(r["pass"] for r in rows)}
+
+
+def verify_build(manifest_path: Path, *, model=None, weights_dir=None, policy=None, profile=None, outputs=None, cases_path=None) -> dict:
+    """Re-create the networks a manifest was built from, verify them, write verify.json beside it."""
+    manifest = json.loads(Path(manifest_path).read_text())
+    out_dir = Path(manifest_path).parent
+    if manifest["kind"] == "netdef":
+        from weights.loader import load_weights
+
+        from .build import build_networks
+
+        weights = load_weights(weights_dir or model.weights_dir)
+        definitions = build_networks(weights, manifest["precision"] == "fp16", profile=profile, policy=policy, outputs=outputs,
+                                     networks=tuple(manifest["engines"]))
+        config = weights.config
+    else:
+        from .parser_baseline import parse_onnx
+
+        definitions = {}
+        for name, entry in manifest["sources"].items():
+            network = name.removesuffix(".onnx")
+            builder, net, parser = parse_onnx(Path(entry["path"]), manifest["precision"] == "fp16")
+            outs = tuple(net.get_output(i).name for i in range(net.num_outputs))
+            definitions[network] = _Parsed(net, outs, (builder, parser))
+        config = None
+    if cases_path is not None:
+        cases = np.load(cases_path)
+    elif model is not None:
+        cases = np.load(model.cases)
+    else:
+        cases = cases_from_onnx(config)
+    report = verify_definitions(definitions, cases)
+    report["kind"], report["precision"] = manifest["kind"], manifest["precision"]
+    atomic_write_json(out_dir / "verify.json", report)
+    return report
+
+
+class _Parsed:
+    def __init__(self, network, outputs, keepalive):
+        self.network, self.outputs, self._keepalive = network, outputs, keepalive
+
+
+def print_table(report: dict, stream=None) -> None:
+    stream = stream or sys.stdout
+    print(f"{'network':8} {'case':>9} {'output':17} {'a (max abs)':>12} {'r (median rel)':>15}  result", file=stream)
+    for r in report["cases"]:
+        eps, max_a, max_r = THRESHOLDS[r["output"]]
+        limits = " ".join(x for x in (f"a<{max_a:g}" if max_a else "", f"r<{max_r:g}" if max_r else "") if x)
+        print(f"{r['network']:8} {'b%d t%d' % (r['batch'], r['T']):>9} {r['output']:17} {r['a']:12.3e} {r['r']:15.3e}  "
+              f"{'pass' if r['pass'] else 'FAIL'} ({limits})", file=stream)
+    print(f"all pass: {report['all_pass']}", file=stream)
