@@ -303,9 +303,15 @@ def dim(x: Tensor, axis: int) -> Tensor:
 
 
 def shape_tensor(dims: ShapeLike) -> Tensor:
-    """A 1-D int64 shape tensor from ints and 1-element shape tensors."""
-    parts = [d if isinstance(d, Tensor) else constant(np.array([d], np.int64), trt.int64, op="dim") for d in dims]
-    return parts[0] if len(parts) == 1 else concat(parts, axis=0)
+    """A 1-D int64 shape tensor from ints and 1-element shape tensors; built once per network for
+    the same parts (every attention block asks for the same [B, H, T', d_k])."""
+    ctx = current()
+    key = ("shape",) + tuple(d.trt.name if isinstance(d, Tensor) else int(d) for d in dims)
+    if key not in ctx.constants:
+        with _root_scope():
+            parts = [d if isinstance(d, Tensor) else constant(np.array([d], np.int64), trt.int64, op="dim") for d in dims]
+            ctx.constants[key] = parts[0] if len(parts) == 1 else concat(parts, axis=0)
+    return ctx.constants[key]
 
 
 def _shape_arg(dims: "ShapeLike | Tensor") -> tuple[tuple[int, ...] | None, Tensor | None, int]:
