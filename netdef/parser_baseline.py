@@ -52,7 +52,10 @@ GRAPH_FIXES: tuple[GraphFix, ...] = ()
 
 
 def _logger() -> "trt.ILogger":
-    return trt.Logger(trt.Logger.WARNING)
+    # TensorRT keeps one logger per process (a second one is ignored with a warning): share netdef's.
+    from .build import trt_logger
+
+    return trt_logger()
 
 
 def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -97,15 +100,20 @@ def parse_onnx(path: Path, fp16: bool):
     """Parse an ONNX file into a strongly typed network. Returns (builder, network, parser): the parser
     owns the network's weights, so keep it alive as long as the network is used."""
     path = Path(path)
-    model = prepare_model(path, fp16)
     builder = trt.Builder(_logger())
     network = create_network(builder)
     parser = trt.OnnxParser(network, builder.logger)
-    # Parse from a file so external data (models over 2 GB) would resolve next to it.
-    with tempfile.TemporaryDirectory(prefix="parser_baseline.") as tmp:
-        tmp_model = Path(tmp) / path.name
-        onnx.save(model, str(tmp_model))
-        ok = parser.parse_from_file(str(tmp_model))
+    if not GRAPH_FIXES and not fp16:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such ONNX file")
+        ok = parser.parse_from_file(str(path))
+    else:
+        # Parse from a file (not bytes) so that external data next to it would resolve.
+        model = prepare_model(path, fp16)
+        with tempfile.TemporaryDirectory(prefix="parser_baseline.") as tmp:
+            tmp_model = Path(tmp) / path.name
+            onnx.save(model, str(tmp_model))
+            ok = parser.parse_from_file(str(tmp_model))
     if not ok:
         raise ParseError(f"{path}: {describe()} ONNX parser failed{' (after FP16 conversion)' if fp16 else ''}: {_parser_errors(parser)}")
     return builder, network, parser
