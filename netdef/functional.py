@@ -324,11 +324,11 @@ def _shape_arg(dims: "ShapeLike | Tensor") -> tuple[tuple[int, ...] | None, Tens
 
 
 def _shuffle(x: Tensor, dims, first=None, second=None, op="reshape") -> Tensor:
+    static, runtime, _ = _shape_arg(dims) if dims is not None else (None, None, 0)  # before the layer: keeps topological order
     layer = current().network.add_shuffle(x.trt)
     if first is not None:
         layer.first_transpose = tuple(first)
     if dims is not None:
-        static, runtime, _ = _shape_arg(dims)
         if runtime is None:
             layer.reshape_dims = static
         else:
@@ -379,12 +379,12 @@ def concat(tensors: Sequence[Tensor], axis: int) -> Tensor:
 
 def arange(length: Tensor, dtype, start: float = 0, step: float = 1) -> Tensor:
     """[start, start+step, ...] with a runtime length (a 1-element shape tensor)."""
-    layer = current().network.add_fill((1,), trt.FillOperation.LINSPACE, dtype)
-    layer.set_input(0, length.trt)
     np_type = _NP_OF_TRT[dtype]
     with _root_scope():
         alpha = constant(np.array(start, np_type), dtype, op="arange_start")
         beta = constant(np.array([step], np_type), dtype, op="arange_step")
+    layer = current().network.add_fill((1,), trt.FillOperation.LINSPACE, dtype)
+    layer.set_input(0, length.trt)
     layer.set_input(1, alpha.trt)
     layer.set_input(2, beta.trt)
     return _out(layer, "arange")
