@@ -1,0 +1,200 @@
+"""Walk a TensorRT network definition layer by layer and compute every tensor with NumPy.
+
+Each layer is downcast to its interface class (as Polygraphy does) so its attributes can be read
+through the TensorRT Python API; the layer's NumPy implementation (layers.py) computes its outputs
+from its inputs' values, and the result is stored in the output tensor's declared data type. That
+store is where FP16 rounding happens: a layer computes in float32 and its FP16 output is rounded
+to float16, as TensorRT's kernels accumulate in FP32 and write FP16.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import trt
+from .dtypes import np_dtype, trt_type_name
+
+
+class UnsupportedLayerError(NotImplementedError):
+    """A layer type, mode, attribute or data type the evaluator does not implement."""
+
+    def __init__(self, layer, what: str):
+        self.layer_name = layer.name
+        self.layer_type = layer_type_name(layer)
+        super().__init__(f"layer '{layer.name}' ({self.layer_type}): {what} is not supported by the evaluator")
+
+
+class EvaluationError(RuntimeError):
+    """The network cannot be evaluated on these inputs (bad input, failed assertion, out-of-bounds...)."""
+
+
+def layer_type_name(layer) -> str:
+    """LayerType name; read through ILayer because IActivationLayer/IPoolingLayer shadow `type`."""
+    return str(trt.ILayer.type.__get__(layer)).split(".")[-1]
+
+
+# LayerType -> interface class, the downcast Polygraphy does so that type-specific attributes exist.
+_LAYER_CLASSES = {
+    "ACTIVATION": "IActivationLayer", "ASSERTION": "IAssertionLayer", "ATTENTION_INPUT": "IAttentionInputLayer",
+    "ATTENTION_OUTPUT": "IAttentionOutputLayer", "CAST": "ICastLayer", "CONCATENATION": "IConcatenationLayer",
+    "CONDITION": "IConditionLayer", "CONDITIONAL_INPUT": "IIfConditionalInputLayer",
+    "CONDITIONAL_OUTPUT": "IIfConditionalOutputLayer", "CONSTANT": "IConstantLayer",
+    "CONVOLUTION": "IConvolutionLayer", "CUMULATIVE": "ICumulativeLayer", "DECONVOLUTION": "IDeconvolutionLayer",
+    "DEQUANTIZE": "IDequantizeLayer", "EINSUM": "IEinsumLayer", "ELEMENTWISE": "IElementWiseLayer",
+    "FILL": "IFillLayer", "GATHER": "IGatherLayer", "GRID_SAMPLE": "IGridSampleLayer", "IDENTITY": "IIdentityLayer",
+    "ITERATOR": "IIteratorLayer", "LOOP_OUTPUT": "ILoopOutputLayer", "LRN": "ILRNLayer",
+    "MATRIX_MULTIPLY": "IMatrixMultiplyLayer", "NMS": "INMSLayer", "NON_ZERO": "INonZeroLayer",
+    "NORMALIZATION": "INormalizationLayer", "ONE_HOT": "IOneHotLayer", "PADDING": "IPaddingLayer",
+    "PARAMETRIC_RELU": "IParametricReLULayer", "PLUGIN_V2": "IPluginV2Layer", "PLUGIN_V3": "IPluginV3Layer",
+    "POOLING": "IPoolingLayer", "QUANTIZE": "IQuantizeLayer", "RAGGED_SOFTMAX": "IRaggedSoftMaxLayer",
+    "RECURRENCE": "IRecurrenceLayer", "REDUCE": "IReduceLayer", "RESIZE": "IResizeLayer",
+    "REVERSE_SEQUENCE": "IReverseSequenceLayer", "SCALE": "IScaleLayer", "SCATTER": "IScatterLayer",
+    "SELECT": "ISelectLayer", "SHAPE": "IShapeLayer", "SHUFFLE": "IShuffleLayer", "SLICE": "ISliceLayer",
+    "SOFTMAX": "ISoftMaxLayer", "SQUEEZE": "ISqueezeLayer", "TOPK": "ITopKLayer", "TRIP_LIMIT": "ITripLimitLayer",
+    "UNSQUEEZE": "IUnsqueezeLayer", "UNARY": "IUnaryLayer", "ROTARY_EMBEDDING": "IRotaryEmbeddingLayer",
+    "KV_CACHE_UPDATE": "IKVCacheUpdateLayer",
+}
+
+
+def downcast(layer):
+    """The layer as its interface class (IShuffleLayer, ...), so its own attributes can be read."""
+    cls = getattr(trt, _LAYER_CLASSES.get(layer_type_name(layer), "-"), None)
+    if cls is not None:
+        layer.__class__ = cls
+    return layer
+
+
+def topological_order(layers: list, available: dict) -> list:
+    """Layers ordered so each runs after its inputs' producers (the ONNX parser may wire a layer's
+    input with set_input after adding later layers); ties keep the network's order."""
+    import heapq
+
+    producer = {}
+    for index, layer in enumerate(layers):
+        for j in range(layer.num_outputs):
+            producer[layer.get_output(j).name] = index
+    waiting_on = [0] * len(layers)
+    readers: dict[int, list[int]] = {}
+    for index, layer in enumerate(layers):
+        sources = set()
+        for j in range(layer.num_inputs):
+            t = layer.get_input(j)
+            if t is not None and t.name not in available and t.name in producer:
+                sources.add(producer[t.name])
+        waiting_on[index] = len(sources)
+        for source in sources:
+            readers.setdefault(source, []).append(index)
+    ready = [i for i, n in enumerate(waiting_on) if n == 0]
+    heapq.heapify(ready)
+    ordered = []
+    while ready:
+        index = heapq.heappop(ready)
+        ordered.append(layers[index])
+        for reader in readers.get(index, ()):
+            waiting_on[reader] -= 1
+            if waiting_on[reader] == 0:
+                heapq.heappush(ready, reader)
+    if len(ordered) != len(layers):
+        stuck = [layers[i].name for i, n in enumerate(waiting_on) if n > 0][:3]
+        raise EvaluationError(f"the network has a cycle outside a loop (layers {stuck} never become ready)")
+    return ordered
+
+
+def _check_input(tensor, value) -> np.ndarray:
+    name = tensor.name
+    if not isinstance(value, np.ndarray):
+        value = np.asarray(value)
+    expected = np_dtype(tensor.dtype)
+    if expected is None:
+        raise EvaluationError(f"input '{name}': TensorRT type {trt_type_name(tensor.dtype)} has no NumPy equivalent")
+    if value.dtype != expected:
+        raise EvaluationError(f"input '{name}': expected dtype {expected.name}, got {value.dtype.name}")
+    declared = tuple(tensor.shape)
+    if len(declared) != value.ndim or any(d != -1 and d != v for d, v in zip(declared, value.shape)):
+        raise EvaluationError(f"input '{name}': expected shape {list(declared)} (-1 is free), got {list(value.shape)}")
+    return value
+
+
+def _store(layer, index: int, value) -> np.ndarray:
+    """Convert a layer's result to its output tensor's declared type (FP16 outputs round here)."""
+    tensor = layer.get_output(index)
+    dtype = np_dtype(tensor.dtype)
+    if dtype is None:
+        raise UnsupportedLayerError(layer, f"output {index} data type {trt_type_name(tensor.dtype)}")
+    value = np.asarray(value)
+    if value.dtype != dtype:
+        value = value.astype(dtype)
+    return value
+
+
+def evaluate(network, inputs: dict[str, np.ndarray], *, return_all: bool = False) -> dict[str, np.ndarray]:
+    """Compute `network`'s outputs (every named tensor when `return_all`) from `inputs` by tensor name."""
+    from .layers import LAYER_IMPLEMENTATIONS  # layers imports core for the error classes
+
+    values: dict[str, np.ndarray] = {}
+    declared_inputs = {network.get_input(i).name: network.get_input(i) for i in range(network.num_inputs)}
+    missing = sorted(set(declared_inputs) - set(inputs))
+    if missing:
+        raise EvaluationError(f"missing network input(s) {missing}; the network's inputs are {sorted(declared_inputs)}")
+    unknown = sorted(set(inputs) - set(declared_inputs))
+    if unknown:
+        raise EvaluationError(f"unknown input(s) {unknown}; the network's inputs are {sorted(declared_inputs)}")
+    for name, tensor in declared_inputs.items():
+        values[name] = _check_input(tensor, inputs[name])
+
+    output_names = [network.get_output(i).name for i in range(network.num_outputs)]
+    layers = topological_order([downcast(network.get_layer(i)) for i in range(network.num_layers)], values)
+    # Without return_all, free each intermediate after its last reader: the aishell encoder has
+    # thousands of tensors, most of them large activations.
+    last_use: dict[str, int] = {}
+    if not return_all:
+        for index, layer in enumerate(layers):
+            for j in range(layer.num_inputs):
+                t = layer.get_input(j)
+                if t is not None:
+                    last_use[t.name] = index
+        for name in output_names:
+            last_use[name] = len(layers)
+
+    for index, layer in enumerate(layers):
+        kind = layer_type_name(layer)
+        implementation = LAYER_IMPLEMENTATIONS.get(kind)
+        if implementation is None:
+            raise UnsupportedLayerError(layer, f"layer type {kind}")
+        args = []
+        for j in range(layer.num_inputs):
+            tensor = layer.get_input(j)
+            if tensor is None:
+                args.append(None)
+                continue
+            try:
+                args.append(values[tensor.name])
+            except KeyError:
+                raise EvaluationError(
+                    f"layer '{layer.name}' ({kind}): input {j} '{tensor.name}' has not been computed "
+                    "(the network's layers are not in topological order)"
+                ) from None
+        try:
+            if getattr(implementation, "needs_values", False):
+                results = implementation(layer, args, values)
+            else:
+                results = implementation(layer, args)
+        except (UnsupportedLayerError, EvaluationError):
+            raise
+        except Exception as exc:
+            raise EvaluationError(f"layer '{layer.name}' ({kind}): {type(exc).__name__}: {exc}") from exc
+        if len(results) != layer.num_outputs:
+            raise EvaluationError(f"layer '{layer.name}' ({kind}): computed {len(results)} outputs, expected {layer.num_outputs}")
+        for j, result in enumerate(results):
+            values[layer.get_output(j).name] = _store(layer, j, result)
+        if not return_all:
+            for j in range(layer.num_inputs):
+                t = layer.get_input(j)
+                if t is not None and last_use.get(t.name, -1) <= index and t.name not in declared_inputs:
+                    values.pop(t.name, None)
+
+    missing_outputs = [name for name in output_names if name not in values]
+    if missing_outputs:
+        raise EvaluationError(f"network output(s) {missing_outputs} are not produced by any layer")
+    if return_all:
+        return values
+    return {name: values[name] for name in output_names}

@@ -1,0 +1,46 @@
+"""TensorRT data types as NumPy dtypes (bfloat16 through ml_dtypes, which onnx depends on)."""
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+
+from ..backend import trt
+
+_TABLE = {
+    "FLOAT": np.dtype(np.float32),
+    "HALF": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "INT8": np.dtype(np.int8),
+    "UINT8": np.dtype(np.uint8),
+    "BOOL": np.dtype(np.bool_),
+    "FP8": np.dtype(ml_dtypes.float8_e4m3fn),
+    "INT4": np.dtype(ml_dtypes.int4),
+    "FP4": np.dtype(ml_dtypes.float4_e2m1fn),
+}
+
+
+def trt_type_name(trt_dtype) -> str:
+    return str(trt_dtype).split(".")[-1]
+
+
+def np_dtype(trt_dtype) -> np.dtype | None:
+    """NumPy dtype for a TensorRT DataType, None for types NumPy cannot hold (E8M0)."""
+    return _TABLE.get(trt_type_name(trt_dtype))
+
+
+LOW_PRECISION_FLOATS = (
+    np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16), np.dtype(ml_dtypes.float8_e4m3fn), np.dtype(ml_dtypes.float4_e2m1fn)
+)
+
+
+def compute_float(x: np.ndarray) -> np.ndarray:
+    """FP16/BF16/FP8 values widened to float32: TensorRT's kernels compute (accumulate) in FP32."""
+    if x.dtype in LOW_PRECISION_FLOATS:
+        return x.astype(np.float32)
+    return x
+
+
+def is_float(x: np.ndarray) -> bool:
+    return x.dtype.kind == "f" or x.dtype in LOW_PRECISION_FLOATS
