@@ -192,6 +192,7 @@ def export(spec: str | dict, seed: int, out: str | os.PathLike, *, decoder: str 
             if log:
                 log("  cases (ONNX Runtime)")
             np.savez(tmp / "cases.npz", **make_cases(cfg, tmp, seed))
+        tmp.chmod(0o755)
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)

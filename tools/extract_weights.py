@@ -40,6 +40,8 @@ def extract_to(encoder_onnx: str | Path, decoder_onnx: str | Path, out: str | Pa
         (tmp / REPORT_NAME).write_text(json.dumps(report, indent=1) + "\n")
         load_weights(tmp)  # what we wrote must read back against its own config
         tmp.chmod(0o755)
+        for f in tmp.iterdir():
+            f.chmod(0o644)
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)

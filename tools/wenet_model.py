@@ -535,3 +535,21 @@ def build_models(cfg: dict, seed: int, init: str = "seeded", batch_norm: bool = 
     INITS[init](encoder, seed)
     INITS[init](decoder, seed + 1_000_003)
     return encoder.eval(), decoder.eval()
+
+
+def models_from_weights(wdir) -> tuple[Encoder, Decoder]:
+    """Encoder and Decoder built from WDIR/config.json and loaded (strictly) from its safetensors
+    alone, through weights.loader's checks. A BN-folded export gives conv modules without BN."""
+    from weights.loader import load_weights
+
+    w = load_weights(wdir)
+    cfg = w.config
+    encoder = Encoder(cfg, batch_norm=cfg["encoder"]["batch_norm"] == "separate")
+    decoder = Decoder(cfg, cfg["decoder"]["outputs"])
+    for module, tensors in ((encoder, w.encoder), (decoder, w.decoder)):
+        state = {name: torch.from_numpy(value.copy()) for name, value in tensors.items()}
+        for name, value in list(state.items()):
+            if name.endswith(".pe"):
+                state[name] = value.unsqueeze(0)  # stored squeezed, as docs/weights.md says
+        module.load_state_dict(state, strict=True)
+    return encoder.eval(), decoder.eval()

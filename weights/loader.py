@@ -190,3 +190,24 @@ def load_weights(wdir: str | Path) -> ModelWeights:
         raise WeightsError(f"{wdir / CONFIG_NAME}: missing field {err}") from None
     sha = {name: sha256_file(wdir / name) for name in (*FILES.values(), CONFIG_NAME)}
     return ModelWeights(dir=wdir, config=config, encoder=parts["encoder"], decoder=parts["decoder"], sha256=sha)
+
+
+def main(argv=None) -> int:
+    """python -m weights.loader WDIR: check a weights folder; exit 1 with one line if it is bad."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="Check WDIR's safetensors against its config.json.")
+    parser.add_argument("wdir")
+    args = parser.parse_args(argv)
+    try:
+        w = load_weights(args.wdir)
+    except WeightsError as err:
+        print(f"weights: error: {err}", file=sys.stderr)
+        return 1
+    print(f"{w.dir}: {len(w.encoder)} encoder + {len(w.decoder)} decoder tensors match config.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
