@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import trt
-from .dtypes import np_dtype, trt_type_name
+from .dtypes import np_dtype, to_dtype, trt_type_name
 
 
 class UnsupportedLayerError(NotImplementedError):
@@ -63,6 +63,16 @@ def downcast(layer):
     return layer
 
 
+def layer_reads(layer) -> list:
+    """The tensors a layer reads: its inputs and, for an attention's output boundary, the
+    attention's own query/key/value/mask (computed there; the input boundary only marks them)."""
+    tensors = [layer.get_input(j) for j in range(layer.num_inputs)]
+    if layer_type_name(layer) == "ATTENTION_OUTPUT":
+        attention = layer.attention
+        tensors += [attention.get_input(i) for i in range(3)] + [attention.mask]
+    return tensors
+
+
 def topological_order(layers: list, available: dict) -> list:
     """Layers ordered so each runs after its inputs' producers (the ONNX parser may wire a layer's
     input with set_input after adding later layers); ties keep the network's order."""
@@ -76,8 +86,7 @@ def topological_order(layers: list, available: dict) -> list:
     readers: dict[int, list[int]] = {}
     for index, layer in enumerate(layers):
         sources = set()
-        for j in range(layer.num_inputs):
-            t = layer.get_input(j)
+        for t in layer_reads(layer):
             if t is not None and t.name not in available and t.name in producer:
                 sources.add(producer[t.name])
         waiting_on[index] = len(sources)
@@ -115,14 +124,21 @@ def _check_input(tensor, value) -> np.ndarray:
 
 
 def _store(layer, index: int, value) -> np.ndarray:
-    """Convert a layer's result to its output tensor's declared type (FP16 outputs round here)."""
+    """Convert a layer's result to its output tensor's declared type (FP16 outputs round here) and
+    check it against the shape TensorRT inferred for it (-1 where only known at run time)."""
     tensor = layer.get_output(index)
     dtype = np_dtype(tensor.dtype)
     if dtype is None:
         raise UnsupportedLayerError(layer, f"output {index} data type {trt_type_name(tensor.dtype)}")
     value = np.asarray(value)
     if value.dtype != dtype:
-        value = value.astype(dtype)
+        value = to_dtype(value, dtype)
+    declared = tuple(tensor.shape)
+    if len(declared) != value.ndim or any(d != -1 and d != v for d, v in zip(declared, value.shape)):
+        raise EvaluationError(
+            f"layer '{layer.name}' ({layer_type_name(layer)}): computed output '{tensor.name}' of shape "
+            f"{list(value.shape)}, TensorRT declares {list(declared)}"
+        )
     return value
 
 
@@ -130,6 +146,10 @@ def evaluate(network, inputs: dict[str, np.ndarray], *, return_all: bool = False
     """Compute `network`'s outputs (every named tensor when `return_all`) from `inputs` by tensor name."""
     from .layers import LAYER_IMPLEMENTATIONS  # layers imports core for the error classes
 
+    layers = [downcast(network.get_layer(i)) for i in range(network.num_layers)]
+    for layer in layers:  # before anything runs: loops and conditionals would look like cycles
+        if layer_type_name(layer) not in LAYER_IMPLEMENTATIONS:
+            raise UnsupportedLayerError(layer, f"layer type {layer_type_name(layer)}")
     values: dict[str, np.ndarray] = {}
     declared_inputs = {network.get_input(i).name: network.get_input(i) for i in range(network.num_inputs)}
     missing = sorted(set(declared_inputs) - set(inputs))
@@ -142,14 +162,13 @@ def evaluate(network, inputs: dict[str, np.ndarray], *, return_all: bool = False
         values[name] = _check_input(tensor, inputs[name])
 
     output_names = [network.get_output(i).name for i in range(network.num_outputs)]
-    layers = topological_order([downcast(network.get_layer(i)) for i in range(network.num_layers)], values)
+    layers = topological_order(layers, values)
     # Without return_all, free each intermediate after its last reader: the aishell encoder has
     # thousands of tensors, most of them large activations.
     last_use: dict[str, int] = {}
     if not return_all:
         for index, layer in enumerate(layers):
-            for j in range(layer.num_inputs):
-                t = layer.get_input(j)
+            for t in layer_reads(layer):
                 if t is not None:
                     last_use[t.name] = index
         for name in output_names:
@@ -161,8 +180,7 @@ def evaluate(network, inputs: dict[str, np.ndarray], *, return_all: bool = False
         if implementation is None:
             raise UnsupportedLayerError(layer, f"layer type {kind}")
         args = []
-        for j in range(layer.num_inputs):
-            tensor = layer.get_input(j)
+        for j, tensor in enumerate(layer_reads(layer)):
             if tensor is None:
                 args.append(None)
                 continue
@@ -174,10 +192,7 @@ def evaluate(network, inputs: dict[str, np.ndarray], *, return_all: bool = False
                     "(the network's layers are not in topological order)"
                 ) from None
         try:
-            if getattr(implementation, "needs_values", False):
-                results = implementation(layer, args, values)
-            else:
-                results = implementation(layer, args)
+            results = implementation(layer, args)
         except (UnsupportedLayerError, EvaluationError):
             raise
         except Exception as exc:
@@ -187,8 +202,7 @@ def evaluate(network, inputs: dict[str, np.ndarray], *, return_all: bool = False
         for j, result in enumerate(results):
             values[layer.get_output(j).name] = _store(layer, j, result)
         if not return_all:
-            for j in range(layer.num_inputs):
-                t = layer.get_input(j)
+            for t in layer_reads(layer):
                 if t is not None and last_use.get(t.name, -1) <= index and t.name not in declared_inputs:
                     values.pop(t.name, None)
 

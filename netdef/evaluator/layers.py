@@ -16,7 +16,9 @@ from numpy.lib.stride_tricks import sliding_window_view
 from ..backend import trt
 from .core import EvaluationError, UnsupportedLayerError
 from .core import layer_type_name
-from .dtypes import compute_float, is_float, np_dtype, trt_type_name
+import ml_dtypes
+
+from .dtypes import compute_float, is_float, np_dtype, to_dtype, trt_type_name
 from .plugins import lookup_plugin_reference, plugin_fields
 
 LAYER_IMPLEMENTATIONS: dict[str, Callable] = {}
@@ -92,7 +94,7 @@ def cast(layer, ins):
     if is_float(x) and target.kind in "iu":
         # float -> int truncates toward zero (C conversion), as ONNX Cast and TensorRT's cast do
         x = np.trunc(compute_float(x))
-    return [x.astype(target)]
+    return [to_dtype(x, target)]
 
 
 @implements("SHAPE")
@@ -116,6 +118,8 @@ def shuffle(layer, ins):
 @implements("SQUEEZE")
 def squeeze(layer, ins):
     x = ins[0]
+    if optional_input(ins, 1) is None:  # no axes tensor: every unit dimension goes
+        return [np.squeeze(x)]
     axes = tuple(normalize_axis(a, x.ndim) for a in values_of(ins[1]))
     return [np.squeeze(x, axis=axes)]
 
@@ -454,21 +458,30 @@ def quantize(layer, ins):
     target = np_dtype(layer.to_type)
     if target is None:
         raise UnsupportedLayerError(layer, f"to_type {trt_type_name(layer.to_type)}")
-    block = layer.block_shape if hasattr(layer, "block_shape") else None
-    if block is not None and len(dims(block)) and any(v > 1 for v in dims(block)):
+    try:
+        block = dims(layer.block_shape)
+    except (RuntimeError, TypeError):  # raised when no block shape is set
+        block = []
+    if any(v > 1 for v in block):
         raise UnsupportedLayerError(layer, "block quantization (block_shape)")
-    if scale_.ndim == 1 and scale_.size > 1:  # per-axis
+    if scale_.ndim == 1 and scale_.size > 1 and x.ndim > 1:  # per-axis
         axis = normalize_axis(int(layer.axis), x.ndim)
         reshape = [-1 if i == axis else 1 for i in range(x.ndim)]
         scale_ = scale_.reshape(reshape)
         zero_point = None if zero_point is None else zero_point.reshape(reshape)
+    elif scale_.ndim == x.ndim and scale_.shape != x.shape:  # blocked: one scale per block of elements
+        for a in range(x.ndim):
+            if scale_.shape[a] not in (1, x.shape[a]):
+                scale_ = np.repeat(scale_, x.shape[a] // scale_.shape[a], axis=a)
+                if zero_point is not None:
+                    zero_point = np.repeat(zero_point, x.shape[a] // zero_point.shape[a], axis=a)
     zp = np.float32(0) if zero_point is None else compute_float(zero_point).astype(np.float32)
     if layer_type_name(layer) == "DEQUANTIZE":
         return [(compute_float(x).astype(np.float32) - zp) * scale_]
     q = x / scale_
-    if target.kind in "iu":
-        info = np.iinfo(target)
-        return [np.clip(np.rint(q) + zp, info.min, info.max)]
+    if target.kind in "iu" or target == np.dtype(ml_dtypes.int4):
+        info = ml_dtypes.iinfo(target)
+        return [np.clip(np.rint(q) + zp, int(info.min), int(info.max))]
     return [q + zp]  # FP8: the store rounds to nearest
 
 
@@ -742,23 +755,23 @@ def pooling(layer, ins):
 
 @implements("ATTENTION_INPUT")
 def attention_input(layer, ins):
-    # The boundary layer only marks where an attention starts; ATTENTION_OUTPUT computes it
-    # from the attention's own inputs. Its output holds no values of its own.
-    return [np.zeros((0,), dtype=np_dtype(layer.get_output(0).dtype))]
+    # The boundary layer only marks where an attention starts (TensorRT gives its output the
+    # query's shape); ATTENTION_OUTPUT computes the attention from the attention's own inputs.
+    return [ins[0]]
 
 
-def attention_output(layer, ins, values):
+@implements("ATTENTION_OUTPUT")
+def attention_output(layer, ins):
+    # ins: the boundary's own input, then the attention's query, key, value and mask (core.layer_reads)
     attention = layer.attention
-    names = [attention.get_input(i).name for i in range(3)]
-    q, k, v = (compute_float(values[name]).astype(np.float32) for name in names)
+    q, k, v = (compute_float(x).astype(np.float32) for x in ins[-4:-1])
     norm = enum_name(attention.norm_op)
     if k.shape[1] != q.shape[1]:  # grouped-query attention: each K/V head serves several query heads
         repeat = q.shape[1] // k.shape[1]
         k, v = np.repeat(k, repeat, axis=1), np.repeat(v, repeat, axis=1)
     scores = np.matmul(q, np.swapaxes(k, -1, -2))
-    mask = attention.mask
-    if mask is not None:
-        m = values[mask.name]
+    m = ins[-1]
+    if m is not None:
         scores = np.where(m, scores, -np.inf) if m.dtype == np.bool_ else scores + compute_float(m)
     causal = enum_name(attention.causal_kind) if hasattr(attention, "causal_kind") else ("UPPER_LEFT" if attention.causal else "NONE")
     if causal != "NONE":
@@ -776,9 +789,6 @@ def attention_output(layer, ins, values):
         raise UnsupportedLayerError(layer, "quantized attention normalization")
     return [np.matmul(probs, v)]
 
-
-attention_output.needs_values = True
-LAYER_IMPLEMENTATIONS["ATTENTION_OUTPUT"] = attention_output
 
 
 def _plugin_identity(layer):
