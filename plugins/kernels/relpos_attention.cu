@@ -1,0 +1,429 @@
+// WeNet's relative-position self-attention, one kernel, flash-attention style.
+//
+// For batch b, head h, query i and key j (all heads of q/k/v interleaved as [B*T, H*DK], row-major):
+//   score(i, j) = ((q_i + pos_bias_u) . k_j + (q_i + pos_bias_v) . p_j) / sqrt(DK)
+//   out_i       = sum_j softmax_j(score(i, .) masked to j < length_b) * v_j
+// p is the block's linear_pos projection of the positional table, [H, T, DK], shared by the batch
+// (WeNet's RelPositionMultiHeadedAttention without rel_shift). The mask covers keys only, as WeNet's
+// encoder mask [B, 1, T] does: padded query rows (i >= length_b) still attend to the valid keys, and a
+// sequence of length 0 gives zeros (WeNet fills masked probabilities with 0 after the softmax).
+//
+// Tiling: a block owns kBlockM queries of one (b, h) and walks key tiles of kBlockN with an online
+// softmax (running max and sum per row), so the T x T scores never leave the chip. Key tiles past
+// length_b are skipped entirely. Both score terms are one dot product of length 2*DK:
+// [q+u, q+v] . [k, p]. Arithmetic is FP32 on the CUDA cores for FP32 and FP16 inputs alike.
+//
+// Threads form a 16 x 16 grid: thread (ty, tx) owns score rows ty*4..ty*4+3 and key columns
+// tx*4..tx*4+3 of the tile, and output columns tx*(DK/16).. of the same rows, so the row statistics it
+// needs come from the 16 lanes sharing ty (one half-warp: a shuffle, no shared memory).
+#include "common.cuh"
+
+namespace wenet {
+
+constexpr int kAttnBlockM = 64;   // queries per block
+constexpr int kAttnBlockN = 64;   // keys per tile
+constexpr int kAttnThreads = 256; // 16 x 16
+constexpr int kAttnPad = 4;       // floats of padding per shared row: keeps float4 alignment, spreads banks
+
+// Shared-memory bytes the kernel needs for head size DK (the launcher passes it as dynamic shared memory).
+// The probabilities tile reuses k^T's space: k^T is dead once the tile's scores are in registers. For
+// DK 64 that is 87 KB, under the 99 KB a block may have on sm_86/sm_89.
+__host__ __device__ constexpr int relpos_attention_kprob_floats(int dk) {
+    return dk * (kAttnBlockN + kAttnPad) > kAttnBlockN * (kAttnBlockM + kAttnPad)
+               ? dk * (kAttnBlockN + kAttnPad)
+               : kAttnBlockN * (kAttnBlockM + kAttnPad);
+}
+__host__ __device__ constexpr int relpos_attention_smem_bytes(int dk) {
+    return static_cast<int>(sizeof(float)) *
+           (2 * dk * (kAttnBlockM + kAttnPad)           // (q+u)^T and (q+v)^T: [DK][BlockM]
+            + relpos_attention_kprob_floats(dk)         // k^T [DK][BlockN], then probabilities^T [BlockN][BlockM]
+            + dk * (kAttnBlockN + kAttnPad)             // p^T: [DK][BlockN]
+            + kAttnBlockN * (dk + kAttnPad));           // v: [BlockN][DK]
+}
+
+// Copies rows [row0, row0 + kRows) x [0, DK) of a row-major matrix (row stride `ld` elements) into
+// shared memory as FP32, adding `bias` (per column, may be null); rows past `rows` become 0.
+// kTranspose stores dst[d * dst_ld + r], else dst[r * dst_ld + d].
+template <typename T, int DK, int kRows, bool kTranspose>
+__device__ __forceinline__ void load_tile(const T* __restrict__ src, size_t ld, int row0, int rows,
+                                          const T* __restrict__ bias, float* __restrict__ dst, int dst_ld) {
+    constexpr int kVec = 16 / sizeof(T) <= DK ? 16 / sizeof(T) : DK;  // 16-byte global loads
+    static_assert(DK % kVec == 0, "DK must be a multiple of the vector width");
+    constexpr int kChunksPerRow = DK / kVec;
+    for (int chunk = threadIdx.x; chunk < kRows * kChunksPerRow; chunk += kAttnThreads) {
+        const int r = chunk / kChunksPerRow;
+        const int d0 = (chunk % kChunksPerRow) * kVec;
+        float values[kVec];
+        if (row0 + r < rows) {
+            load_as_float(src + static_cast<size_t>(row0 + r) * ld + d0, values);
+            if (bias != nullptr) {
+                float b[kVec];
+                load_as_float(bias + d0, b);
+#pragma unroll
+                for (int e = 0; e < kVec; ++e) values[e] += b[e];
+            }
+        } else {
+#pragma unroll
+            for (int e = 0; e < kVec; ++e) values[e] = 0.f;
+        }
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) {
+            if constexpr (kTranspose) dst[(d0 + e) * dst_ld + r] = values[e];
+            else dst[r * dst_ld + d0 + e] = values[e];
+        }
+    }
+}
+
+template <typename T, int DK>
+__global__ void __launch_bounds__(kAttnThreads, 2)
+relpos_attention_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                        const T* __restrict__ p, const T* __restrict__ pos_bias_u,
+                        const T* __restrict__ pos_bias_v, const int* __restrict__ lengths,
+                        T* __restrict__ out, int seq_len, int heads) {
+    static_assert(DK % 16 == 0, "head size must be a multiple of 16");
+    constexpr int kM = kAttnBlockM, kN = kAttnBlockN;
+    constexpr int kLdM = kM + kAttnPad, kLdN = kN + kAttnPad, kLdD = DK + kAttnPad;
+    constexpr int kOutCols = DK / 16;  // output columns per thread
+
+    extern __shared__ float4 smem_f4[];
+    float* s_qu = reinterpret_cast<float*>(smem_f4);  // [DK][kLdM]
+    float* s_qv = s_qu + DK * kLdM;                  // [DK][kLdM]
+    float* s_k = s_qv + DK * kLdM;                   // [DK][kLdN]
+    float* s_prob = s_k;                             // [kN][kLdM], written once s_k is consumed
+    float* s_p = s_k + relpos_attention_kprob_floats(DK);  // [DK][kLdN]
+    float* s_v = s_p + DK * kLdN;                    // [kN][kLdD]
+
+    const int m0 = blockIdx.x * kM;
+    const int h = blockIdx.y;
+    const int b = blockIdx.z;
+    const int tx = threadIdx.x % 16;
+    const int ty = threadIdx.x / 16;
+    const size_t ld = static_cast<size_t>(heads) * DK;  // row stride of q, k, v, out
+    const size_t batch_row0 = static_cast<size_t>(b) * seq_len;
+    const int length = min(max(lengths[b], 0), seq_len);
+    // Scores are kept in log2 units so that the softmax uses exp2.
+    const float score_scale = rsqrtf(static_cast<float>(DK)) * 1.4426950408889634f;
+
+    const T* q_bh = q + batch_row0 * ld + h * DK;
+    const T* k_bh = k + batch_row0 * ld + h * DK;
+    const T* v_bh = v + batch_row0 * ld + h * DK;
+    const T* p_h = p + static_cast<size_t>(h) * seq_len * DK;
+
+    load_tile<T, DK, kM, true>(q_bh, ld, m0, seq_len, pos_bias_u + h * DK, s_qu, kLdM);
+    load_tile<T, DK, kM, true>(q_bh, ld, m0, seq_len, pos_bias_v + h * DK, s_qv, kLdM);
+
+    float row_max[4], row_sum[4], acc[4][kOutCols];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+        row_max[r] = neg_inf();
+        row_sum[r] = 0.f;
+#pragma unroll
+        for (int c = 0; c < kOutCols; ++c) acc[r][c] = 0.f;
+    }
+
+    for (int n0 = 0; n0 < length; n0 += kN) {
+        __syncthreads();  // the previous tile's k/p/v/probabilities are no longer read
+        load_tile<T, DK, kN, true>(k_bh, ld, n0, length, nullptr, s_k, kLdN);
+        load_tile<T, DK, kN, true>(p_h, DK, n0, length, nullptr, s_p, kLdN);
+        load_tile<T, DK, kN, false>(v_bh, ld, n0, length, nullptr, s_v, kLdD);
+        __syncthreads();
+
+        float score[4][4];
+#pragma unroll
+        for (int r = 0; r < 4; ++r)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) score[r][c] = 0.f;
+#pragma unroll 8
+        for (int d = 0; d < DK; ++d) {
+            const float4 qu = *reinterpret_cast<const float4*>(s_qu + d * kLdM + ty * 4);
+            const float4 qv = *reinterpret_cast<const float4*>(s_qv + d * kLdM + ty * 4);
+            const float4 kk = *reinterpret_cast<const float4*>(s_k + d * kLdN + tx * 4);
+            const float4 pp = *reinterpret_cast<const float4*>(s_p + d * kLdN + tx * 4);
+            const float qu_r[4] = {qu.x, qu.y, qu.z, qu.w}, qv_r[4] = {qv.x, qv.y, qv.z, qv.w};
+            const float k_c[4] = {kk.x, kk.y, kk.z, kk.w}, p_c[4] = {pp.x, pp.y, pp.z, pp.w};
+#pragma unroll
+            for (int r = 0; r < 4; ++r)
+#pragma unroll
+                for (int c = 0; c < 4; ++c) score[r][c] = fmaf(qu_r[r], k_c[c], fmaf(qv_r[r], p_c[c], score[r][c]));
+        }
+
+        // Online softmax over this tile: masked keys (j >= length) get probability 0.
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            float tile_max = neg_inf();
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                score[r][c] = (n0 + tx * 4 + c < length) ? score[r][c] * score_scale : neg_inf();
+                tile_max = fmaxf(tile_max, score[r][c]);
+            }
+            // The first tile holds key 0 < length, so the new max is finite from the first tile on.
+            const float new_max = fmaxf(row_max[r], group_max<16>(tile_max));
+            const float rescale = exp2f(row_max[r] - new_max);  // exp2(-inf) = 0 on the first tile
+            row_max[r] = new_max;
+            float tile_sum = 0.f;
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                score[r][c] = exp2f(score[r][c] - new_max);
+                tile_sum += score[r][c];
+            }
+            row_sum[r] = row_sum[r] * rescale + group_sum<16>(tile_sum);
+#pragma unroll
+            for (int c = 0; c < kOutCols; ++c) acc[r][c] *= rescale;
+        }
+        __syncthreads();  // every thread is done reading s_k, whose space s_prob takes
+#pragma unroll
+        for (int c = 0; c < 4; ++c)
+            *reinterpret_cast<float4*>(s_prob + (tx * 4 + c) * kLdM + ty * 4) =
+                make_float4(score[0][c], score[1][c], score[2][c], score[3][c]);
+        __syncthreads();
+
+#pragma unroll 4
+        for (int j = 0; j < kN; ++j) {
+            const float4 prob = *reinterpret_cast<const float4*>(s_prob + j * kLdM + ty * 4);
+            const float prob_r[4] = {prob.x, prob.y, prob.z, prob.w};
+            float v_c[kOutCols];
+#pragma unroll
+            for (int c = 0; c < kOutCols; ++c) v_c[c] = s_v[j * kLdD + tx * kOutCols + c];
+#pragma unroll
+            for (int r = 0; r < 4; ++r)
+#pragma unroll
+                for (int c = 0; c < kOutCols; ++c) acc[r][c] = fmaf(prob_r[r], v_c[c], acc[r][c]);
+        }
+    }
+
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+        const int i = m0 + ty * 4 + r;
+        if (i >= seq_len) continue;
+        const float inv_sum = row_sum[r] > 0.f ? 1.f / row_sum[r] : 0.f;  // length 0: zeros
+        float o[kOutCols];
+#pragma unroll
+        for (int c = 0; c < kOutCols; ++c) o[c] = acc[r][c] * inv_sum;
+        T* dst = out + (batch_row0 + i) * ld + h * DK + tx * kOutCols;
+        if constexpr (kOutCols * sizeof(T) % 8 == 0 && kOutCols % 2 == 0) {
+            store_from_float(dst, o);
+        } else {
+#pragma unroll
+            for (int c = 0; c < kOutCols; ++c) dst[c] = from_float<T>(o[c]);
+        }
+    }
+}
+
+
+// ------------------------------------------------------------------------------------------------------
+// FP16 inputs: the same computation on the tensor cores (mma.sync m16n8k16, FP16 operands, FP32
+// accumulation), flash-attention-2 style. Each warp owns 16 query rows; (q+u) and (q+v) live in
+// registers as A fragments for the whole kernel; k, p and v^T tiles are shared by the block's warps.
+// The scores' accumulator layout is reused as the A operand of probabilities x v, so probabilities never
+// touch shared memory. Softmax statistics are FP32; probabilities are rounded to FP16 for the second
+// product, as FP16 flash attention does.
+constexpr int kMmaWarps = 4;
+constexpr int kMmaBlockN = 64;
+constexpr int kMmaPad = 8;  // halves of padding per shared row: conflict-free fragment loads
+
+__host__ __device__ constexpr int relpos_attention_mma_smem_bytes(int dk) {
+    return static_cast<int>(sizeof(__half)) * (2 * kMmaBlockN * (dk + kMmaPad) + dk * (kMmaBlockN + kMmaPad));
+}
+
+__device__ __forceinline__ void mma_16816(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ unsigned pack_half2(float lo, float hi) {
+    const __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const unsigned*>(&h);
+}
+
+// (row's q + bias) at columns d, d+1 as one packed half2; 0 past the sequence.
+__device__ __forceinline__ unsigned biased_q_pair(const __half* q_row, bool valid, const __half* bias, int d) {
+    if (!valid) return 0u;
+    const float2 qq = __half22float2(*reinterpret_cast<const __half2*>(q_row + d));
+    const float2 bb = __half22float2(*reinterpret_cast<const __half2*>(bias + d));
+    return pack_half2(qq.x + bb.x, qq.y + bb.y);
+}
+
+template <int DK>
+__global__ void __launch_bounds__(32 * kMmaWarps)
+relpos_attention_mma_kernel(const __half* __restrict__ q, const __half* __restrict__ k, const __half* __restrict__ v,
+                            const __half* __restrict__ p, const __half* __restrict__ pos_bias_u,
+                            const __half* __restrict__ pos_bias_v, const int* __restrict__ lengths,
+                            __half* __restrict__ out, int seq_len, int heads) {
+    static_assert(DK % 16 == 0, "head size must be a multiple of 16");
+    constexpr int kN = kMmaBlockN;
+    constexpr int kKSteps = DK / 16;   // k-steps of the score products (per term)
+    constexpr int kScoreTiles = kN / 8;
+    constexpr int kOutTiles = DK / 8;
+    constexpr int kLdK = DK + kMmaPad;  // s_k, s_p: [kN][kLdK]
+    constexpr int kLdV = kN + kMmaPad;  // s_vt: [DK][kLdV]
+
+    extern __shared__ float4 smem_f4[];
+    __half* s_k = reinterpret_cast<__half*>(smem_f4);
+    __half* s_p = s_k + kN * kLdK;
+    __half* s_vt = s_p + kN * kLdK;
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int g = lane / 4, t = lane % 4;  // fragment row group and column pair
+    const int h = blockIdx.y, b = blockIdx.z;
+    const int row0 = blockIdx.x * (16 * kMmaWarps) + warp * 16;
+    const size_t ld = static_cast<size_t>(heads) * DK;
+    const size_t batch_row0 = static_cast<size_t>(b) * seq_len;
+    const int length = min(max(lengths[b], 0), seq_len);
+    const float score_scale = rsqrtf(static_cast<float>(DK)) * 1.4426950408889634f;  // log2 units
+
+    const __half* q_bh = q + batch_row0 * ld + h * DK;
+    const __half* k_bh = k + batch_row0 * ld + h * DK;
+    const __half* v_bh = v + batch_row0 * ld + h * DK;
+    const __half* p_h = p + static_cast<size_t>(h) * seq_len * DK;
+    const __half* u_h = pos_bias_u + h * DK;
+    const __half* w_h = pos_bias_v + h * DK;
+
+    // A fragments: a0 (row g, cols 2t..), a1 (row g+8), a2 (row g, cols 2t+8..), a3 (row g+8, cols 2t+8..).
+    unsigned qu[kKSteps][4], qv[kKSteps][4];
+    {
+        const bool valid_lo = row0 + g < seq_len, valid_hi = row0 + g + 8 < seq_len;
+        const __half* q_lo = q_bh + static_cast<size_t>(row0 + g) * ld;
+        const __half* q_hi = q_bh + static_cast<size_t>(row0 + g + 8) * ld;
+#pragma unroll
+        for (int ks = 0; ks < kKSteps; ++ks) {
+            const int d = ks * 16 + 2 * t;
+            qu[ks][0] = biased_q_pair(q_lo, valid_lo, u_h, d);
+            qu[ks][1] = biased_q_pair(q_hi, valid_hi, u_h, d);
+            qu[ks][2] = biased_q_pair(q_lo, valid_lo, u_h, d + 8);
+            qu[ks][3] = biased_q_pair(q_hi, valid_hi, u_h, d + 8);
+            qv[ks][0] = biased_q_pair(q_lo, valid_lo, w_h, d);
+            qv[ks][1] = biased_q_pair(q_hi, valid_hi, w_h, d);
+            qv[ks][2] = biased_q_pair(q_lo, valid_lo, w_h, d + 8);
+            qv[ks][3] = biased_q_pair(q_hi, valid_hi, w_h, d + 8);
+        }
+    }
+
+    float acc[kOutTiles][4];
+#pragma unroll
+    for (int dt = 0; dt < kOutTiles; ++dt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) acc[dt][i] = 0.f;
+    float row_max[2] = {neg_inf(), neg_inf()};  // rows g and g+8
+    float row_sum[2] = {0.f, 0.f};             // this lane's partial sums; reduced over the 4 lanes at the end
+
+    for (int n0 = 0; n0 < length; n0 += kN) {
+        __syncthreads();  // the previous tile is no longer read
+        constexpr int kChunksPerRow = DK / 8;  // 16-byte chunks
+        for (int chunk = threadIdx.x; chunk < kN * kChunksPerRow; chunk += 32 * kMmaWarps) {
+            const int r = chunk / kChunksPerRow, d0 = (chunk % kChunksPerRow) * 8;
+            const bool valid = n0 + r < length;
+            const size_t key = static_cast<size_t>(n0 + r);
+            const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+            const float4 kk = valid ? *reinterpret_cast<const float4*>(k_bh + key * ld + d0) : zero;
+            const float4 pp = valid ? *reinterpret_cast<const float4*>(p_h + key * DK + d0) : zero;
+            const float4 vv = valid ? *reinterpret_cast<const float4*>(v_bh + key * ld + d0) : zero;
+            *reinterpret_cast<float4*>(s_k + r * kLdK + d0) = kk;
+            *reinterpret_cast<float4*>(s_p + r * kLdK + d0) = pp;
+            const __half* vh = reinterpret_cast<const __half*>(&vv);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) s_vt[(d0 + e) * kLdV + r] = vh[e];
+        }
+        __syncthreads();
+
+        // Scores: C fragments c0,c1 (row g, keys 8*nt + 2t, +1) and c2,c3 (row g+8, same keys).
+        float score[kScoreTiles][4];
+#pragma unroll
+        for (int nt = 0; nt < kScoreTiles; ++nt) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) score[nt][i] = 0.f;
+            const __half* k_row = s_k + (nt * 8 + g) * kLdK + 2 * t;
+            const __half* p_row = s_p + (nt * 8 + g) * kLdK + 2 * t;
+#pragma unroll
+            for (int ks = 0; ks < kKSteps; ++ks) {
+                mma_16816(score[nt], qu[ks], *reinterpret_cast<const unsigned*>(k_row + ks * 16),
+                          *reinterpret_cast<const unsigned*>(k_row + ks * 16 + 8));
+                mma_16816(score[nt], qv[ks], *reinterpret_cast<const unsigned*>(p_row + ks * 16),
+                          *reinterpret_cast<const unsigned*>(p_row + ks * 16 + 8));
+            }
+        }
+
+        // Online softmax; masked keys (>= length) get probability 0.
+        float tile_max[2] = {neg_inf(), neg_inf()};
+#pragma unroll
+        for (int nt = 0; nt < kScoreTiles; ++nt)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int key = n0 + nt * 8 + 2 * t + (i & 1);
+                score[nt][i] = key < length ? score[nt][i] * score_scale : neg_inf();
+                tile_max[i / 2] = fmaxf(tile_max[i / 2], score[nt][i]);
+            }
+        float rescale[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const float new_max = fmaxf(row_max[r], group_max<4>(tile_max[r]));  // finite: key n0 < length
+            rescale[r] = exp2f(row_max[r] - new_max);
+            row_max[r] = new_max;
+            row_sum[r] *= rescale[r];
+        }
+#pragma unroll
+        for (int nt = 0; nt < kScoreTiles; ++nt)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                score[nt][i] = exp2f(score[nt][i] - row_max[i / 2]);
+                row_sum[i / 2] += score[nt][i];
+            }
+#pragma unroll
+        for (int dt = 0; dt < kOutTiles; ++dt) {
+            acc[dt][0] *= rescale[0];
+            acc[dt][1] *= rescale[0];
+            acc[dt][2] *= rescale[1];
+            acc[dt][3] *= rescale[1];
+        }
+
+        // out += probabilities x v: score tiles 2j, 2j+1 are the A fragment of key step j.
+#pragma unroll
+        for (int j = 0; j < kN / 16; ++j) {
+            const unsigned a[4] = {pack_half2(score[2 * j][0], score[2 * j][1]),
+                                   pack_half2(score[2 * j][2], score[2 * j][3]),
+                                   pack_half2(score[2 * j + 1][0], score[2 * j + 1][1]),
+                                   pack_half2(score[2 * j + 1][2], score[2 * j + 1][3])};
+#pragma unroll
+            for (int dt = 0; dt < kOutTiles; ++dt) {
+                const __half* v_row = s_vt + (dt * 8 + g) * kLdV + j * 16 + 2 * t;
+                mma_16816(acc[dt], a, *reinterpret_cast<const unsigned*>(v_row),
+                          *reinterpret_cast<const unsigned*>(v_row + 8));
+            }
+        }
+    }
+
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const float total = group_sum<4>(row_sum[r]);
+        const float inv_sum = total > 0.f ? 1.f / total : 0.f;  // length 0: zeros
+        const int row = row0 + g + 8 * r;
+        if (row >= seq_len) continue;
+        __half* dst = out + (batch_row0 + row) * ld + h * DK + 2 * t;
+#pragma unroll
+        for (int dt = 0; dt < kOutTiles; ++dt)
+            *reinterpret_cast<__half2*>(dst + dt * 8) =
+                __floats2half2_rn(acc[dt][2 * r] * inv_sum, acc[dt][2 * r + 1] * inv_sum);
+    }
+}
+
+}  // namespace wenet
+
+#ifdef WENET_INSTANTIATE_ALL
+#define WENET_ATTN_INSTANTIATE(T, DK)                                                                        \
+    template __global__ void wenet::relpos_attention_kernel<T, DK>(const T*, const T*, const T*, const T*,   \
+                                                                   const T*, const T*, const int*, T*, int, \
+                                                                   int);
+#define WENET_ATTN_INSTANTIATE_DK(DK) WENET_ATTN_INSTANTIATE(float, DK) WENET_ATTN_INSTANTIATE(__half, DK)
+WENET_ATTN_INSTANTIATE_DK(16) WENET_ATTN_INSTANTIATE_DK(32) WENET_ATTN_INSTANTIATE_DK(48)
+WENET_ATTN_INSTANTIATE_DK(64) WENET_ATTN_INSTANTIATE_DK(80) WENET_ATTN_INSTANTIATE_DK(96)
+WENET_ATTN_INSTANTIATE_DK(112) WENET_ATTN_INSTANTIATE_DK(128)
+#define WENET_ATTN_MMA_INSTANTIATE(DK)                                                                       \
+    template __global__ void wenet::relpos_attention_mma_kernel<DK>(const __half*, const __half*,            \
+                                                                    const __half*, const __half*,            \
+                                                                    const __half*, const __half*,            \
+                                                                    const int*, __half*, int, int);
+WENET_ATTN_MMA_INSTANTIATE(16) WENET_ATTN_MMA_INSTANTIATE(32) WENET_ATTN_MMA_INSTANTIATE(48)
+WENET_ATTN_MMA_INSTANTIATE(64) WENET_ATTN_MMA_INSTANTIATE(80) WENET_ATTN_MMA_INSTANTIATE(96)
+WENET_ATTN_MMA_INSTANTIATE(112) WENET_ATTN_MMA_INSTANTIATE(128)
+#endif

@@ -1,0 +1,110 @@
+"""Pointer-level launchers for the plugin kernels, shared by the plugins' `enqueue` and the benchmark.
+
+Each takes raw device pointers (ints), the sizes, the element type (numpy float32 or float16) and a
+CUDA stream handle (int, 0 for the legacy default stream), checks the sizes against what the kernel
+supports, and launches asynchronously on that stream.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .loader import FLOAT, INT, POINTER, get_kernel
+
+LAYERNORM_FILE = "layernorm.cu"
+ATTENTION_FILE = "relpos_attention.cu"
+LAYERNORM_ROWS_PER_BLOCK = 4  # kLayerNormRowsPerBlock in layernorm.cu
+ATTENTION_BLOCK_M = 64        # kAttnBlockM in relpos_attention.cu
+ATTENTION_BLOCK_N = 64        # kAttnBlockN
+ATTENTION_THREADS = 256
+ATTENTION_PAD = 4
+ATTENTION_MMA_WARPS = 4       # kMmaWarps: FP16 kernel, 16 query rows per warp
+ATTENTION_MMA_BLOCK_N = 64    # kMmaBlockN
+ATTENTION_MMA_PAD = 8         # kMmaPad (halves)
+MAX_LAYERNORM_DIM = 1024
+
+_CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float16): "__half"}
+
+
+def _ctype(dtype) -> str:
+    try:
+        return _CTYPE[np.dtype(dtype)]
+    except (KeyError, TypeError):
+        raise ValueError(f"plugin kernels take float32 or float16 tensors, got {dtype}") from None
+
+
+def check_layernorm_dim(dim: int) -> None:
+    if dim <= 0 or dim % 32 != 0 or dim > MAX_LAYERNORM_DIM:
+        raise ValueError(f"LayerNorm plugin: last dimension must be a multiple of 32 up to {MAX_LAYERNORM_DIM}, got {dim}")
+
+
+def check_head_dim(head_dim: int) -> None:
+    if head_dim <= 0 or head_dim % 16 != 0:
+        raise ValueError(f"attention plugin: head size (d_k) must be a positive multiple of 16, got {head_dim}")
+
+
+def attention_smem_bytes(head_dim: int) -> int:
+    """Mirror of relpos_attention_smem_bytes() in relpos_attention.cu."""
+    m, n, pad = ATTENTION_BLOCK_M, ATTENTION_BLOCK_N, ATTENTION_PAD
+    kprob = max(head_dim * (n + pad), n * (m + pad))
+    return 4 * (2 * head_dim * (m + pad) + kprob + head_dim * (n + pad) + n * (head_dim + pad))
+
+
+def attention_mma_smem_bytes(head_dim: int) -> int:
+    """Mirror of relpos_attention_mma_smem_bytes() in relpos_attention.cu."""
+    n, pad = ATTENTION_MMA_BLOCK_N, ATTENTION_MMA_PAD
+    return 2 * (2 * n * (head_dim + pad) + head_dim * (n + pad))
+
+
+def layernorm(x, residual, gamma, beta, out_sum, out_norm, *, rows: int, dim: int, eps: float, dtype, stream: int = 0):
+    """out_norm = LN(x [+ residual]) over the last `dim`; with a residual, out_sum = x + residual too.
+
+    `residual` and `out_sum` are 0 (null) for the plain LayerNorm.
+    """
+    check_layernorm_dim(dim)
+    has_residual = bool(residual)
+    if has_residual != bool(out_sum):
+        raise ValueError("LayerNorm plugin: residual and out_sum must be given together")
+    if rows == 0:
+        return
+    expr = f"wenet::layernorm_kernel<{_ctype(dtype)},{dim},{'true' if has_residual else 'false'}>"
+    kernel = get_kernel(LAYERNORM_FILE, expr)
+    grid = ((rows + LAYERNORM_ROWS_PER_BLOCK - 1) // LAYERNORM_ROWS_PER_BLOCK, 1, 1)
+    kernel.launch(
+        grid,
+        (32 * LAYERNORM_ROWS_PER_BLOCK, 1, 1),
+        stream,
+        [
+            (int(x), POINTER), (int(residual or 0), POINTER), (int(gamma), POINTER), (int(beta), POINTER),
+            (int(out_sum or 0), POINTER), (int(out_norm), POINTER), (rows, INT), (float(eps), FLOAT),
+        ],
+    )
+
+
+def relpos_attention(q, k, v, p, pos_bias_u, pos_bias_v, lengths, out, *, batch: int, seq_len: int, heads: int,
+                     head_dim: int, dtype, stream: int = 0):
+    """out [B*T, H*dk] = softmax(((q+u)k^T + (q+v)p^T)/sqrt(dk), keys < lengths[b]) v, per batch and head."""
+    check_head_dim(head_dim)
+    if heads <= 0:
+        raise ValueError(f"attention plugin: heads must be positive, got {heads}")
+    if batch == 0 or seq_len == 0:
+        return
+    if np.dtype(dtype) == np.float16:
+        # Tensor cores: FP16 operands, FP32 accumulation and softmax.
+        smem = attention_mma_smem_bytes(head_dim)
+        kernel = get_kernel(ATTENTION_FILE, f"wenet::relpos_attention_mma_kernel<{head_dim}>", smem)
+        rows_per_block, threads = 16 * ATTENTION_MMA_WARPS, 32 * ATTENTION_MMA_WARPS
+    else:
+        smem = attention_smem_bytes(head_dim)
+        kernel = get_kernel(ATTENTION_FILE, f"wenet::relpos_attention_kernel<{_ctype(dtype)},{head_dim}>", smem)
+        rows_per_block, threads = ATTENTION_BLOCK_M, ATTENTION_THREADS
+    grid = ((seq_len + rows_per_block - 1) // rows_per_block, heads, batch)
+    kernel.launch(
+        grid,
+        (threads, 1, 1),
+        stream,
+        [
+            (int(q), POINTER), (int(k), POINTER), (int(v), POINTER), (int(p), POINTER),
+            (int(pos_bias_u), POINTER), (int(pos_bias_v), POINTER), (int(lengths), POINTER), (int(out), POINTER),
+            (seq_len, INT), (heads, INT),
+        ],
+    )

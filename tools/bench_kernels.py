@@ -1,0 +1,330 @@
+"""Check and time the plugin kernels on a GPU (run it on the H100 through the device tool).
+
+For every shape: fresh random inputs, outputs poisoned with NaN before each launch, the result compared
+with the float64 NumPy references of plugins/reference.py by ||out - ref|| / ||ref|| (limits: 1e-5 FP32,
+1e-3 FP16), then timed against PyTorch and the floors:
+
+  layernorm   plugin (x + residual -> sum, LN(sum))  vs  torch `s = x + r; F.layer_norm(s)`;
+              floor = bytes moved (inputs read once, outputs written once) / measured copy bandwidth
+  attention   plugin (one kernel)  vs  (a) SDPA with the rel-pos term as an additive float mask, the mask
+              built by a matmul + masked_fill, (b) SDPA alone given that mask, (c) the unfused math;
+              floor = max(bytes / bandwidth, FMAs / peak FMA rate of the unit the kernel uses)
+
+Shapes: batch {1,4,16} x T' {16,64,256} and 64 x 1024 (rows of 256 for LayerNorm; 4 heads x 64 for
+attention), plus odd sizes and lengths below T' for the correctness pass. Times are medians of CUDA
+graph replays (many launches per graph, so launch overhead is not timed). Prints a table, writes JSON.
+
+    python tools/bench_kernels.py --json out.json [--check-plugins]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from plugins import launch, reference  # noqa: E402
+
+GRID_SHAPES = [(b, t) for b in (1, 4, 16) for t in (16, 64, 256)] + [(64, 1024)]
+ODD_SHAPES = [(3, 37), (2, 129), (5, 1)]  # correctness only
+MODEL_DIM, HEADS, HEAD_DIM = 256, 4, 64
+LIMITS = {"float32": 1e-5, "float16": 1e-3}
+DTYPES = {"float32": torch.float32, "float16": torch.float16}
+# Datasheet rates of the H100 SXM: FP32 on the CUDA cores (132 SMs x 128 lanes x 1.98 GHz), and dense FP16
+# with FP32 accumulation on the tensor cores (989 TFLOP/s); the FP16 attention kernel uses the latter.
+PEAK_FMA_PER_S = {"float32": 132 * 128 * 1.98e9, "float16": 989.4e12 / 2}
+EPS = 1e-5
+REF_BATCHES_MAX = 4  # float64 references for at most this many sequences of a batch (each is independent)
+
+
+def rel_err(out: np.ndarray, ref: np.ndarray) -> float:
+    out = np.asarray(out, dtype=np.float64)
+    if not np.all(np.isfinite(out)):
+        return math.inf  # NaN poison left behind, or an overflow
+    denom = np.linalg.norm(ref)
+    return float(np.linalg.norm(out - ref) / (denom if denom > 0 else 1.0))
+
+
+def stream_handle() -> int:
+    return torch.cuda.current_stream().cuda_stream
+
+
+def graph_time_us(fn, launches_per_graph: int = 20, replays: int = 15) -> float:
+    """Median time of one `fn()` from CUDA-graph replays, in microseconds."""
+    fn()  # module load / compile outside the capture
+    torch.cuda.synchronize()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(launches_per_graph):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / launches_per_graph)
+    return float(np.median(times))
+
+
+def measure_copy_bandwidth() -> float:
+    """Best bytes (read + written) per second of plain device copies and an elementwise add, 256 MiB+."""
+    best = 0.0
+    for numel in (1 << 26, 1 << 28):
+        a = torch.empty(numel, dtype=torch.float32, device="cuda").uniform_()
+        b, c = torch.empty_like(a).uniform_(), torch.empty_like(a)
+        copy_us = graph_time_us(lambda: c.copy_(a), launches_per_graph=5, replays=10)
+        add_us = graph_time_us(lambda: torch.add(a, b, out=c), launches_per_graph=5, replays=10)
+        best = max(best, 2 * numel * 4 / (copy_us * 1e-6), 3 * numel * 4 / (add_us * 1e-6))
+        del a, b, c
+    return best
+
+
+def random(shape, dtype, scale=1.0, offset=0.0):
+    return (torch.randn(shape, device="cuda", dtype=torch.float32) * scale + offset).to(dtype)
+
+
+def host64(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to(torch.float64).cpu().numpy()
+
+
+# ---------------------------------------------------------------------------------------------- LayerNorm
+def ln_inputs(rows, dim, dtype):
+    # A non-zero mean and a large scale: catches a variance computed as E[x^2] - E[x]^2.
+    x = random((rows, dim), dtype, scale=3.0, offset=5.0)
+    residual = random((rows, dim), dtype)
+    gamma = random((dim,), dtype, scale=0.5, offset=1.0)
+    beta = random((dim,), dtype, scale=0.5)
+    return x, residual, gamma, beta
+
+
+def ln_plugin(x, residual, gamma, beta, out_sum, out_norm, eps):
+    rows, dim = x.shape
+    launch.layernorm(
+        x.data_ptr(), residual.data_ptr() if residual is not None else 0, gamma.data_ptr(), beta.data_ptr(),
+        out_sum.data_ptr() if out_sum is not None else 0, out_norm.data_ptr(),
+        rows=rows, dim=dim, eps=eps, dtype=np.dtype(str(x.dtype).removeprefix("torch.")), stream=stream_handle(),
+    )
+
+
+def check_layernorm(rows, dim, dtype_name, residual: bool, eps=EPS) -> dict:
+    dtype = DTYPES[dtype_name]
+    x, res, gamma, beta = ln_inputs(rows, dim, dtype)
+    out_sum = torch.full_like(x, float("nan")) if residual else None
+    out_norm = torch.full_like(x, float("nan"))
+    ln_plugin(x, res if residual else None, gamma, beta, out_sum, out_norm, eps)
+    torch.cuda.synchronize()
+    if residual:
+        ref_sum, ref_norm = reference.layernorm_residual_ref(host64(x), host64(res), host64(gamma), host64(beta), eps)
+        errors = {"sum": rel_err(host64(out_sum), ref_sum), "norm": rel_err(host64(out_norm), ref_norm)}
+    else:
+        errors = {"norm": rel_err(host64(out_norm), reference.layernorm_ref(host64(x), host64(gamma), host64(beta), eps))}
+    worst = max(errors.values())
+    return {"kernel": "layernorm_residual" if residual else "layernorm", "dtype": dtype_name, "rows": rows, "dim": dim,
+            "rel_err": errors, "ok": worst <= LIMITS[dtype_name]}
+
+
+def time_layernorm(batch, seq, dtype_name, bandwidth) -> dict:
+    dtype = DTYPES[dtype_name]
+    rows, dim = batch * seq, MODEL_DIM
+    x, res, gamma, beta = ln_inputs(rows, dim, dtype)
+    out_sum, out_norm = torch.empty_like(x), torch.empty_like(x)
+    plugin_us = graph_time_us(lambda: ln_plugin(x, res, gamma, beta, out_sum, out_norm, EPS))
+
+    def torch_ln():
+        s = x + res
+        return s, F.layer_norm(s, (dim,), gamma, beta, EPS)
+
+    torch_us = graph_time_us(torch_ln)
+    nbytes = (4 * rows * dim + 2 * dim) * x.element_size()
+    floor_us = nbytes / bandwidth * 1e6
+    return {"kernel": "layernorm_residual", "dtype": dtype_name, "batch": batch, "seq": seq, "plugin_us": plugin_us,
+            "torch_add_layer_norm_us": torch_us, "floor_us": floor_us}
+
+
+# ---------------------------------------------------------------------------------------------- attention
+def attn_inputs(batch, seq, dtype, lengths=None):
+    hd = HEADS * HEAD_DIM
+    q, k, v = (random((batch * seq, hd), dtype) for _ in range(3))
+    p = random((HEADS, seq, HEAD_DIM), dtype)
+    u = random((HEADS, HEAD_DIM), dtype, scale=0.5)
+    w = random((HEADS, HEAD_DIM), dtype, scale=0.5)
+    if lengths is None:
+        lengths = torch.randint(max(1, seq // 2), seq + 1, (batch,), dtype=torch.int32)
+        lengths[0] = seq  # one full-length sequence, the others mostly shorter
+    return q, k, v, p, u, w, torch.as_tensor(lengths, dtype=torch.int32).cuda()
+
+
+def attn_plugin(q, k, v, p, u, w, lengths, out):
+    batch = lengths.shape[0]
+    launch.relpos_attention(
+        q.data_ptr(), k.data_ptr(), v.data_ptr(), p.data_ptr(), u.data_ptr(), w.data_ptr(), lengths.data_ptr(),
+        out.data_ptr(), batch=batch, seq_len=q.shape[0] // batch, heads=HEADS, head_dim=HEAD_DIM,
+        dtype=np.dtype(str(q.dtype).removeprefix("torch.")), stream=stream_handle(),
+    )
+
+
+def check_attention(batch, seq, dtype_name, lengths=None) -> dict:
+    dtype = DTYPES[dtype_name]
+    q, k, v, p, u, w, lengths = attn_inputs(batch, seq, dtype, lengths)
+    out = torch.full_like(q, float("nan"))
+    attn_plugin(q, k, v, p, u, w, lengths, out)
+    torch.cuda.synchronize()
+    # Each sequence is independent: the float64 reference runs on a few of them for large batches.
+    picks = sorted({0, batch - 1, *range(0, batch, max(1, batch // REF_BATCHES_MAX))})[:REF_BATCHES_MAX + 1]
+    rows = lambda t: host64(t.view(batch, seq, -1)[picks])  # noqa: E731
+    ref = reference.rel_pos_attention_ref(rows(q), rows(k), rows(v), host64(p), host64(u), host64(w),
+                                          lengths.cpu().numpy()[picks], HEADS)
+    err = rel_err(rows(out), ref)
+    unwritten = int(torch.isnan(out).sum())  # every row, padded or not, must be written
+    return {"kernel": "relpos_attention", "dtype": dtype_name, "batch": batch, "seq": seq,
+            "lengths": lengths.cpu().tolist() if batch <= 16 else "random", "checked_batches": picks,
+            "rel_err": {"out": err}, "unwritten": unwritten, "ok": err <= LIMITS[dtype_name] and unwritten == 0}
+
+
+def time_attention(batch, seq, dtype_name, bandwidth) -> dict:
+    dtype = DTYPES[dtype_name]
+    q, k, v, p, u, w, lengths = attn_inputs(batch, seq, dtype)
+    out = torch.empty_like(q)
+    plugin_us = graph_time_us(lambda: attn_plugin(q, k, v, p, u, w, lengths, out))
+
+    scale = 1.0 / math.sqrt(HEAD_DIM)
+    heads4 = lambda t: t.view(batch, seq, HEADS, HEAD_DIM).transpose(1, 2)  # noqa: E731  [B,H,T,dk] view
+    key_masked = (torch.arange(seq, device="cuda")[None, :] >= lengths[:, None])[:, None, None, :]
+    qh, kh, vh = heads4(q), heads4(k), heads4(v)
+    u4, w4 = u[None, :, None, :], w[None, :, None, :]
+
+    def rel_bias():
+        bias = torch.matmul(qh + w4, p.transpose(-1, -2)) * scale  # [B,H,T,T]
+        return bias.masked_fill(key_masked, float("-inf"))
+
+    def merge(o):
+        return o.transpose(1, 2).reshape(batch * seq, HEADS * HEAD_DIM)
+
+    def sdpa_total():
+        return merge(F.scaled_dot_product_attention(qh + u4, kh, vh, attn_mask=rel_bias()))
+
+    bias = rel_bias()
+    qu = (qh + u4).contiguous()
+
+    def sdpa_only():
+        return F.scaled_dot_product_attention(qu, kh, vh, attn_mask=bias)
+
+    def unfused():
+        scores = (torch.matmul(qh + u4, kh.transpose(-1, -2)) + torch.matmul(qh + w4, p.transpose(-1, -2))) * scale
+        probs = torch.softmax(scores.masked_fill(key_masked, float("-inf")), dim=-1)
+        return merge(torch.matmul(probs, vh))
+
+    sdpa_total_us = graph_time_us(sdpa_total)
+    sdpa_only_us = graph_time_us(sdpa_only)
+    unfused_us = graph_time_us(unfused)
+    nbytes = (4 * batch * seq + seq) * HEADS * HEAD_DIM * q.element_size()
+    fmas = batch * HEADS * seq * seq * 3 * HEAD_DIM  # all keys; the kernel skips keys past the length
+    floor_us = max(nbytes / bandwidth, fmas / PEAK_FMA_PER_S[dtype_name]) * 1e6
+    return {"kernel": "relpos_attention", "dtype": dtype_name, "batch": batch, "seq": seq,
+            "lengths": lengths.cpu().tolist() if batch <= 16 else "random", "plugin_us": plugin_us,
+            "sdpa_with_bias_total_us": sdpa_total_us, "sdpa_given_bias_us": sdpa_only_us,
+            "unfused_us": unfused_us, "floor_us": floor_us}
+
+
+# ---------------------------------------------------------------------------------------------- main
+def run_checks() -> list[dict]:
+    results = []
+    for dtype_name in DTYPES:
+        for batch, seq in GRID_SHAPES + ODD_SHAPES:
+            results.append(check_layernorm(batch * seq, MODEL_DIM, dtype_name, residual=True))
+            results.append(check_attention(batch, seq, dtype_name))
+        for dim in (32, 96, 512, 1024):  # other LayerNorm sizes, odd row count, with and without residual
+            results.append(check_layernorm(37, dim, dtype_name, residual=True))
+            results.append(check_layernorm(37, dim, dtype_name, residual=False))
+        results.append(check_layernorm(4 * 64, MODEL_DIM, dtype_name, residual=False))
+        # A sequence of length 0 (zeros), lengths of 1 and lengths just past a key tile.
+        results.append(check_attention(4, 130, dtype_name, lengths=[0, 1, 65, 130]))
+    return results
+
+
+def print_checks(results):
+    print(f"{'kernel':<20}{'dtype':<9}{'shape':<16}{'rel err':>12}  ok")
+    for r in results:
+        shape = f"{r['rows']}x{r['dim']}" if "rows" in r else f"B{r['batch']} T{r['seq']}"
+        print(f"{r['kernel']:<20}{r['dtype']:<9}{shape:<16}{max(r['rel_err'].values()):>12.2e}  {'yes' if r['ok'] else 'NO'}")
+
+
+def print_timings(rows):
+    print(f"\n{'kernel':<20}{'dtype':<9}{'B x T':<10}{'plugin us':>10}{'torch us':>10}{'sdpa+bias':>10}"
+          f"{'sdpa only':>10}{'unfused':>10}{'floor us':>10}{'plug/floor':>11}")
+    for r in rows:
+        torch_us = r.get("torch_add_layer_norm_us", float("nan"))
+        print(f"{r['kernel']:<20}{r['dtype']:<9}{str(r['batch']) + 'x' + str(r['seq']):<10}{r['plugin_us']:>10.2f}"
+              f"{torch_us:>10.2f}{r.get('sdpa_with_bias_total_us', float('nan')):>10.2f}"
+              f"{r.get('sdpa_given_bias_us', float('nan')):>10.2f}{r.get('unfused_us', float('nan')):>10.2f}"
+              f"{r['floor_us']:>10.2f}{r['plugin_us'] / r['floor_us']:>11.2f}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", type=Path, help="write every check and timing here")
+    parser.add_argument("--check-plugins", action="store_true",
+                        help="also call each plugin's own enqueue (needs TensorRT importable) and compare")
+    parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--seed", type=int, default=int(time.time()))
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_kernels: no CUDA device visible to PyTorch", file=sys.stderr)
+        return 2
+    torch.manual_seed(args.seed)
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, seed {args.seed}")
+    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "seed": args.seed}
+
+    checks = run_checks()
+    print_checks(checks)
+    report["checks"] = checks
+    if args.check_plugins:
+        from tools.plugin_enqueue_check import run_plugin_checks
+
+        report["plugin_checks"] = run_plugin_checks()
+        checks = checks + report["plugin_checks"]
+
+    if not args.skip_timing:
+        bandwidth = measure_copy_bandwidth()
+        print(f"\ncopy bandwidth (read + write): {bandwidth / 1e12:.2f} TB/s")
+        report["copy_bandwidth_bytes_per_s"] = bandwidth
+        timings = []
+        for dtype_name in DTYPES:
+            for batch, seq in GRID_SHAPES:
+                timings.append(time_layernorm(batch, seq, dtype_name, bandwidth))
+            for batch, seq in GRID_SHAPES:
+                timings.append(time_attention(batch, seq, dtype_name, bandwidth))
+        report["timings"] = timings
+        print_timings(timings)
+
+    if args.json:
+        tmp = args.json.with_suffix(".tmp")
+        tmp.write_text(json.dumps(report, indent=1))
+        os.replace(tmp, args.json)
+    failed = [c for c in checks if not c["ok"]]
+    print(f"\n{len(checks) - len(failed)}/{len(checks)} checks passed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
