@@ -160,13 +160,17 @@ class Mapping:
     origin: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (initializer, how)
 
     def put(self, name: str, onnx_name: str, how: str, value: np.ndarray | None = None) -> None:
-        src = self.graph.source(onnx_name)
+        g = self.graph
+        src = g.source(onnx_name)
         if src is None:
-            raise self.graph.fail(f"{name} should come from an initializer, {onnx_name!r} is computed")
+            constant = g.produced_by(onnx_name, "Constant")
+            if constant is None:
+                raise g.fail(f"{name} should be a constant, {onnx_name!r} is computed")
+            src, how = f"Constant node output {onnx_name}", f"{how} (Constant node)"
         if value is None:
-            value = self.graph.array(src)
+            value = g.array(onnx_name)
         if name in self.tensors and not np.array_equal(self.tensors[name], value):
-            raise self.graph.fail(f"two different initializers map to {name}")
+            raise g.fail(f"two different constants map to {name}")
         self.tensors[name] = np.ascontiguousarray(value, dtype=np.float32)
         self.origin[name] = (src, how)
 
@@ -184,11 +188,8 @@ def map_named(m: Mapping) -> None:
     for name in list(g.consumers):
         if not _PARAM_NAME.match(name) or g.source(name) is None:
             continue
-        value = g.array(name)
         if name.endswith(".pe"):
-            if value.ndim != 3 or value.shape[0] != 1:
-                raise g.fail(f"positional table {name} has shape {list(value.shape)}, expected [1, max_len, d]")
-            m.put(name, name, "named, [1, max_len, d] squeezed to [max_len, d]", value[0])
+            m.put(name, name, "named sinusoidal table, squeezed to [max_len, d]", squeeze_table(g, name))
         else:
             m.put(name, name, "named")
 
@@ -266,16 +267,26 @@ def block_count(g: Graph, names, prefix: str) -> int:
     return len(indices)
 
 
+def squeeze_table(g: Graph, tensor: str) -> np.ndarray:
+    """A positional table as [max_len, d]: WeNet versions keep it as [1, max_len, d] or [max_len, d]."""
+    value = g.array(tensor)
+    if value.ndim == 3 and value.shape[0] == 1:
+        value = value[0]
+    if value.ndim != 2:
+        raise g.fail(f"positional table {tensor!r} has shape {list(value.shape)}, expected [1, max_len, d] or [max_len, d]")
+    return value
+
+
 def positional_table(m: Mapping, name: str, tensor: str) -> None:
-    """The pe table behind `tensor` (a Slice of it), when the exporter left it anonymous."""
+    """The pe table behind `tensor` (a Slice of it), when the exporter left it anonymous (WeNet
+    keeps pe as a plain attribute, which the exporter turns into an unnamed constant)."""
     if name in m.tensors:
         return
     g = m.graph
     node = g.walk_back(tensor, "Slice")
-    value = g.array(node.input[0]) if node is not None else None
-    if value is None or value.ndim != 3 or value.shape[0] != 1:
-        raise g.fail(f"no sinusoidal table found for {name}")
-    m.put(name, node.input[0], "sliced [1, max_len, d] table, found by structure, squeezed", value[0])
+    if node is None or g.array(node.input[0]) is None:
+        raise g.fail(f"no sliced constant sinusoidal table found for {name}")
+    m.put(name, node.input[0], "sliced table found by structure, squeezed to [max_len, d]", squeeze_table(g, node.input[0]))
 
 
 # ----------------------------------------------------------------------------------------------
