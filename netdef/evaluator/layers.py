@@ -558,15 +558,28 @@ def topk(layer, ins):
     op = enum_name(layer.op)
     k = values_of(ins[1])[0] if optional_input(ins, 1) is not None else int(layer.k)
     (axis,) = axes_of(layer.axes, x.ndim)
-    # a stable sort keeps the lower index first among equal values, as TensorRT and ONNX do
-    key = -x if op == "MAX" else x
-    if key.dtype.kind == "b":
-        key = key.astype(np.int8)
-    if op == "MAX" and x.dtype.kind == "u":
-        key = -(x.astype(np.int64))
-    order = np.argsort(key, axis=axis, kind="stable")
-    index = np.take(order, np.arange(k), axis=axis)
+    key = x.astype(np.float64) if x.dtype.kind in "iub" else x
+    key = -key if op == "MAX" else key  # smallest key first
+    index = _smallest_k(np.moveaxis(key, axis, -1), k)
+    index = np.moveaxis(index, -1, axis)
     return [np.take_along_axis(x, index, axis=axis), index]
+
+
+def _smallest_k(key: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k smallest keys along the last axis, ascending; among equal keys the lower index
+    first, as TensorRT and ONNX order ties. A partition finds the k-th key, so only the candidates
+    (keys below it, and the first of those equal to it) are sorted, not the whole row."""
+    n = key.shape[-1]
+    if k >= n or 8 * k >= n:
+        return np.argsort(key, axis=-1, kind="stable")[..., :k]
+    kth = np.take(np.partition(key, k - 1, axis=-1), [k - 1], axis=-1)
+    below = key < kth
+    equal = key == kth
+    room = k - below.sum(axis=-1, keepdims=True)
+    chosen = below | (equal & (np.cumsum(equal, axis=-1) <= room))  # exactly k per row
+    candidates = np.argsort(~chosen, axis=-1, kind="stable")[..., :k]  # ascending index order
+    order = np.argsort(np.take_along_axis(key, candidates, axis=-1), axis=-1, kind="stable")
+    return np.take_along_axis(candidates, order, axis=-1)
 
 
 @implements("LRN")
@@ -596,12 +609,22 @@ def matrix_multiply(layer, ins):
         b = b[..., :, None]
     elif op1 == "TRANSPOSE":
         b = np.swapaxes(b, -1, -2)
-    y = np.matmul(a, b)
+    y = _batched_matmul(a, b)
     if op0 == "VECTOR":
         y = y[..., 0, :]
     if op1 == "VECTOR":
         y = y[..., 0]
     return [y]
+
+
+def _batched_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """np.matmul, but a weight shared by every batch ([1, ..., K, N]) makes one large GEMM instead of
+    one small GEMM per batch: NumPy loops over broadcast batches in Python-level C code, one call each."""
+    if b.ndim >= 2 and all(d == 1 for d in b.shape[:-2]) and a.ndim >= 2:
+        batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        flat = np.broadcast_to(a, batch + a.shape[-2:]).reshape(-1, a.shape[-1])
+        return (flat @ b.reshape(b.shape[-2:])).reshape(batch + (a.shape[-2], b.shape[-1]))
+    return np.matmul(a, b)
 
 
 @implements("EINSUM")
@@ -684,8 +707,8 @@ def convolution(layer, ins):
     y = np.matmul(cols, weights)  # [G, N*positions, M/G]
     y = y.reshape(groups, n, positions, out_maps // groups).transpose(1, 0, 3, 2).reshape(n, out_maps, *out)
     if bias is not None:
-        y = y + bias.reshape((1, -1) + (1,) * nd)
-    return [y.astype(np.float32)]
+        y += bias.reshape((1, -1) + (1,) * nd)
+    return [y]
 
 
 @implements("DECONVOLUTION")
