@@ -246,6 +246,75 @@ def time_attention(batch, seq, dtype_name, bandwidth) -> dict:
             "unfused_us": unfused_us, "floor_us": floor_us}
 
 
+# ---------------------------------------------------------------------------------------------- plugins
+def run_plugin_checks() -> list[dict]:
+    """Each plugin's own enqueue, called with device pointers, against the kernel launched directly
+    (must match bit for bit) and against the float64 reference."""
+    from netdef.backend import describe, trt
+    from plugins import names, trt_plugins
+
+    print(f"\nplugin enqueue checks through {describe()}")
+    trt_plugins.register_plugins()
+    trt_types = {torch.float32: trt.DataType.FLOAT, torch.float16: trt.DataType.HALF, torch.int32: trt.DataType.INT32}
+
+    def desc(t: torch.Tensor):
+        d = trt.PluginTensorDesc()
+        d.dims = trt.Dims(list(t.shape))
+        d.type = trt_types[t.dtype]
+        d.format = trt.TensorFormat.LINEAR
+        return d
+
+    def enqueue(plugin, ins, outs):
+        plugin.on_shape_change([desc(t) for t in ins], [desc(t) for t in outs])
+        plugin.enqueue([desc(t) for t in ins], [desc(t) for t in outs], [t.data_ptr() for t in ins],
+                       [t.data_ptr() for t in outs], 0, stream_handle())
+        torch.cuda.synchronize()
+
+    results = []
+    batch, seq = 4, 37
+    for dtype_name, dtype in DTYPES.items():
+        for residual in (True, False):
+            x, res, gamma, beta = ln_inputs(batch * seq, MODEL_DIM, dtype)
+            plugin = trt_plugins.create_plugin(names.LAYERNORM_PLUGIN_NAME, [
+                trt.PluginField(names.LAYERNORM_FIELD_EPS, np.array([EPS], np.float32), trt.PluginFieldType.FLOAT32),
+                trt.PluginField(names.LAYERNORM_FIELD_HAS_RESIDUAL, np.array([int(residual)], np.int32),
+                                trt.PluginFieldType.INT32)])
+            shape = (batch, seq, MODEL_DIM)
+            ins = [t.view(shape) for t in ((x, res) if residual else (x,))] + [gamma, beta]
+            outs = [torch.full(shape, float("nan"), dtype=dtype, device="cuda") for _ in range(plugin.num_outputs)]
+            enqueue(plugin, ins, outs)
+            direct = [torch.full_like(x, float("nan")) for _ in outs]
+            ln_plugin(x, res if residual else None, gamma, beta, direct[0] if residual else None, direct[-1], EPS)
+            torch.cuda.synchronize()
+            same = all(torch.equal(a.view(-1), b.view(-1)) for a, b in zip(outs, direct))
+            ref = reference.layernorm_residual_ref(host64(x), host64(res), host64(gamma), host64(beta), EPS) \
+                if residual else (reference.layernorm_ref(host64(x), host64(gamma), host64(beta), EPS),)
+            err = max(rel_err(host64(o).reshape(r.shape), r) for o, r in zip(outs, ref))
+            results.append({"kernel": f"plugin {plugin.plugin_name}" + (" +res" if residual else ""), "dtype": dtype_name,
+                            "batch": batch, "seq": seq, "rel_err": {"out": err}, "same_as_kernel": same,
+                            "ok": same and err <= LIMITS[dtype_name]})
+
+        q, k, v, p, u, w, lengths = attn_inputs(batch, seq, dtype)
+        plugin = trt_plugins.create_plugin(names.ATTENTION_PLUGIN_NAME, [
+            trt.PluginField(names.ATTENTION_FIELD_HEADS, np.array([HEADS], np.int32), trt.PluginFieldType.INT32)])
+        shape = (batch, seq, HEADS * HEAD_DIM)
+        out = torch.full(shape, float("nan"), dtype=dtype, device="cuda")
+        enqueue(plugin, [q.view(shape), k.view(shape), v.view(shape), p, u, w, lengths], [out])
+        direct = torch.full_like(q, float("nan"))
+        attn_plugin(q, k, v, p, u, w, lengths, direct)
+        torch.cuda.synchronize()
+        same = torch.equal(out.view(-1), direct.view(-1))
+        ref = reference.rel_pos_attention_ref(host64(q), host64(k), host64(v), host64(p), host64(u), host64(w),
+                                              lengths.cpu().numpy(), HEADS)
+        err = rel_err(host64(out).reshape(ref.shape), ref)
+        results.append({"kernel": f"plugin {plugin.plugin_name}", "dtype": dtype_name, "batch": batch, "seq": seq,
+                        "rel_err": {"out": err}, "same_as_kernel": same, "ok": same and err <= LIMITS[dtype_name]})
+    for r in results:
+        print(f"{r['kernel']:<34}{r['dtype']:<9}{r['rel_err']['out']:>10.2e}  bitwise = kernel: {r['same_as_kernel']}"
+              f"  {'yes' if r['ok'] else 'NO'}")
+    return results
+
+
 # ---------------------------------------------------------------------------------------------- main
 def run_checks() -> list[dict]:
     results = []
@@ -299,8 +368,6 @@ def main(argv=None) -> int:
     print_checks(checks)
     report["checks"] = checks
     if args.check_plugins:
-        from tools.plugin_enqueue_check import run_plugin_checks
-
         report["plugin_checks"] = run_plugin_checks()
         checks = checks + report["plugin_checks"]
 
