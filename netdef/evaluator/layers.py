@@ -624,7 +624,9 @@ def _batched_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
         flat = np.broadcast_to(a, batch + a.shape[-2:]).reshape(-1, a.shape[-1])
         return (flat @ b.reshape(b.shape[-2:])).reshape(batch + (a.shape[-2], b.shape[-1]))
-    return np.matmul(a, b)
+    # NumPy hands stacked matrices to BLAS only when each is contiguous; transposed views (shuffle
+    # layers return views) would take its slow generic loop, ~100x slower
+    return np.matmul(np.ascontiguousarray(a), np.ascontiguousarray(b))
 
 
 @implements("EINSUM")
