@@ -371,6 +371,8 @@ class EngineRunner:
             return
         graph_exec = self._graphs.get(shapes)
         if graph_exec is None:
+            if not self.context.is_stream_capturable(int(self.stream)):
+                raise RuntimeError(f"{self.spec.network}: TensorRT says this engine cannot be captured into a CUDA graph on this stream")
             # One plain run first: TensorRT does its shape-dependent setup outside the capture.
             self._enqueue(shapes, cuda_graph=False)
             _check(cudart, cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
