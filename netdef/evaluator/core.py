@@ -8,6 +8,9 @@ to float16, as TensorRT's kernels accumulate in FP32 and write FP16.
 """
 from __future__ import annotations
 
+import heapq
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..backend import trt
@@ -55,40 +58,57 @@ _LAYER_CLASSES = {
 }
 
 
-def downcast(layer):
+def downcast(layer, kind: str | None = None):
     """The layer as its interface class (IShuffleLayer, ...), so its own attributes can be read."""
-    cls = getattr(trt, _LAYER_CLASSES.get(layer_type_name(layer), "-"), None)
+    cls = getattr(trt, _LAYER_CLASSES.get(kind or layer_type_name(layer), "-"), None)
     if cls is not None:
         layer.__class__ = cls
     return layer
 
 
-def layer_reads(layer) -> list:
+def layer_reads(layer, kind: str | None = None) -> list:
     """The tensors a layer reads: its inputs and, for an attention's output boundary, the
     attention's own query/key/value/mask (computed there; the input boundary only marks them)."""
     tensors = [layer.get_input(j) for j in range(layer.num_inputs)]
-    if layer_type_name(layer) == "ATTENTION_OUTPUT":
+    if (kind or layer_type_name(layer)) == "ATTENTION_OUTPUT":
         attention = layer.attention
         tensors += [attention.get_input(i) for i in range(3)] + [attention.mask]
     return tensors
 
 
-def topological_order(layers: list, available: dict) -> list:
-    """Layers ordered so each runs after its inputs' producers (the ONNX parser may wire a layer's
-    input with set_input after adding later layers); ties keep the network's order."""
-    import heapq
+@dataclass
+class _Node:
+    """A layer with what the walk needs of it read once: TensorRT API calls cost microseconds each
+    and the aishell encoder has ~4,500 layers."""
 
-    producer = {}
-    for index, layer in enumerate(layers):
+    layer: object
+    kind: str
+    reads: list  # tensor names (None for an unset optional input)
+    outputs: list  # (name, NumPy dtype or None, TRT type name, declared shape)
+
+    @classmethod
+    def of(cls, layer) -> "_Node":
+        kind = layer_type_name(layer)
+        layer = downcast(layer, kind)
+        reads = [None if t is None else t.name for t in layer_reads(layer, kind)]
+        outputs = []
         for j in range(layer.num_outputs):
-            producer[layer.get_output(j).name] = index
-    waiting_on = [0] * len(layers)
+            t = layer.get_output(j)
+            outputs.append((t.name, np_dtype(t.dtype), trt_type_name(t.dtype), tuple(t.shape)))
+        return cls(layer, kind, reads, outputs)
+
+
+def topological_order(nodes: list, available) -> list:
+    """Nodes ordered so each runs after its inputs' producers (the ONNX parser may wire a layer's
+    input with set_input after adding later layers); ties keep the network's order."""
+    producer = {}
+    for index, node in enumerate(nodes):
+        for name, *_ in node.outputs:
+            producer[name] = index
+    waiting_on = [0] * len(nodes)
     readers: dict[int, list[int]] = {}
-    for index, layer in enumerate(layers):
-        sources = set()
-        for t in layer_reads(layer):
-            if t is not None and t.name not in available and t.name in producer:
-                sources.add(producer[t.name])
+    for index, node in enumerate(nodes):
+        sources = {producer[t] for t in node.reads if t is not None and t not in available and t in producer}
         waiting_on[index] = len(sources)
         for source in sources:
             readers.setdefault(source, []).append(index)
@@ -97,13 +117,13 @@ def topological_order(layers: list, available: dict) -> list:
     ordered = []
     while ready:
         index = heapq.heappop(ready)
-        ordered.append(layers[index])
+        ordered.append(nodes[index])
         for reader in readers.get(index, ()):
             waiting_on[reader] -= 1
             if waiting_on[reader] == 0:
                 heapq.heappush(ready, reader)
-    if len(ordered) != len(layers):
-        stuck = [layers[i].name for i, n in enumerate(waiting_on) if n > 0][:3]
+    if len(ordered) != len(nodes):
+        stuck = [nodes[i].layer.name for i, n in enumerate(waiting_on) if n > 0][:3]
         raise EvaluationError(f"the network has a cycle outside a loop (layers {stuck} never become ready)")
     return ordered
 
@@ -123,20 +143,18 @@ def _check_input(tensor, value) -> np.ndarray:
     return value
 
 
-def _store(layer, index: int, value) -> np.ndarray:
+def _store(node: _Node, index: int, value) -> np.ndarray:
     """Convert a layer's result to its output tensor's declared type (FP16 outputs round here) and
     check it against the shape TensorRT inferred for it (-1 where only known at run time)."""
-    tensor = layer.get_output(index)
-    dtype = np_dtype(tensor.dtype)
+    name, dtype, type_name, declared = node.outputs[index]
     if dtype is None:
-        raise UnsupportedLayerError(layer, f"output {index} data type {trt_type_name(tensor.dtype)}")
+        raise UnsupportedLayerError(node.layer, f"output {index} data type {type_name}")
     value = np.asarray(value)
     if value.dtype != dtype:
         value = to_dtype(value, dtype)
-    declared = tuple(tensor.shape)
     if len(declared) != value.ndim or any(d != -1 and d != v for d, v in zip(declared, value.shape)):
         raise EvaluationError(
-            f"layer '{layer.name}' ({layer_type_name(layer)}): computed output '{tensor.name}' of shape "
+            f"layer '{node.layer.name}' ({node.kind}): computed output '{name}' of shape "
             f"{list(value.shape)}, TensorRT declares {list(declared)}"
         )
     return value
@@ -146,10 +164,10 @@ def evaluate(network, inputs: dict[str, np.ndarray], *, return_all: bool = False
     """Compute `network`'s outputs (every named tensor when `return_all`) from `inputs` by tensor name."""
     from .layers import LAYER_IMPLEMENTATIONS  # layers imports core for the error classes
 
-    layers = [downcast(network.get_layer(i)) for i in range(network.num_layers)]
-    for layer in layers:  # before anything runs: loops and conditionals would look like cycles
-        if layer_type_name(layer) not in LAYER_IMPLEMENTATIONS:
-            raise UnsupportedLayerError(layer, f"layer type {layer_type_name(layer)}")
+    nodes = [_Node.of(network.get_layer(i)) for i in range(network.num_layers)]
+    for node in nodes:  # before anything runs: loops and conditionals would look like cycles
+        if node.kind not in LAYER_IMPLEMENTATIONS:
+            raise UnsupportedLayerError(node.layer, f"layer type {node.kind}")
     values: dict[str, np.ndarray] = {}
     declared_inputs = {network.get_input(i).name: network.get_input(i) for i in range(network.num_inputs)}
     missing = sorted(set(declared_inputs) - set(inputs))
@@ -162,49 +180,44 @@ def evaluate(network, inputs: dict[str, np.ndarray], *, return_all: bool = False
         values[name] = _check_input(tensor, inputs[name])
 
     output_names = [network.get_output(i).name for i in range(network.num_outputs)]
-    layers = topological_order(layers, values)
+    nodes = topological_order(nodes, values)
     # Without return_all, free each intermediate after its last reader: the aishell encoder has
     # thousands of tensors, most of them large activations.
     last_use: dict[str, int] = {}
     if not return_all:
-        for index, layer in enumerate(layers):
-            for t in layer_reads(layer):
+        for index, node in enumerate(nodes):
+            for t in node.reads:
                 if t is not None:
-                    last_use[t.name] = index
+                    last_use[t] = index
         for name in output_names:
-            last_use[name] = len(layers)
+            last_use[name] = len(nodes)
 
-    for index, layer in enumerate(layers):
-        kind = layer_type_name(layer)
-        implementation = LAYER_IMPLEMENTATIONS.get(kind)
-        if implementation is None:
-            raise UnsupportedLayerError(layer, f"layer type {kind}")
+    for index, node in enumerate(nodes):
+        layer, kind = node.layer, node.kind
         args = []
-        for j, tensor in enumerate(layer_reads(layer)):
-            if tensor is None:
+        for j, name in enumerate(node.reads):
+            if name is None:
                 args.append(None)
                 continue
             try:
-                args.append(values[tensor.name])
+                args.append(values[name])
             except KeyError:
-                raise EvaluationError(
-                    f"layer '{layer.name}' ({kind}): input {j} '{tensor.name}' has not been computed "
-                    "(the network's layers are not in topological order)"
-                ) from None
+                raise EvaluationError(f"layer '{layer.name}' ({kind}): input {j} '{name}' is produced by no layer") from None
         try:
-            results = implementation(layer, args)
+            results = LAYER_IMPLEMENTATIONS[kind](layer, args)
         except (UnsupportedLayerError, EvaluationError):
             raise
         except Exception as exc:
             raise EvaluationError(f"layer '{layer.name}' ({kind}): {type(exc).__name__}: {exc}") from exc
-        if len(results) != layer.num_outputs:
-            raise EvaluationError(f"layer '{layer.name}' ({kind}): computed {len(results)} outputs, expected {layer.num_outputs}")
+        if len(results) != len(node.outputs):
+            raise EvaluationError(f"layer '{layer.name}' ({kind}): computed {len(results)} outputs, expected {len(node.outputs)}")
         for j, result in enumerate(results):
-            values[layer.get_output(j).name] = _store(layer, j, result)
+            values[node.outputs[j][0]] = _store(node, j, result)
         if not return_all:
-            for t in layer_reads(layer):
-                if t is not None and last_use.get(t.name, -1) <= index and t.name not in declared_inputs:
-                    values.pop(t.name, None)
+            del args
+            for name in node.reads:
+                if name is not None and last_use.get(name, -1) <= index and name not in declared_inputs:
+                    values.pop(name, None)
 
     missing_outputs = [name for name in output_names if name not in values]
     if missing_outputs:
