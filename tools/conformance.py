@@ -1,6 +1,6 @@
 """Check the network evaluator against ONNX's own backend node tests.
 
-    python tools/conformance.py [--json OUT] [--filter SUBSTRING] [--cache DIR] [--onnx-version V]
+    python tools/conformance.py [--json OUT] [--filter SUBSTRING] [--build] [--cache DIR] [--onnx-version V]
 
 Each test (`onnx/backend/test/data/node/<test>/model.onnx` with `test_data_set_*/`) is parsed with
 TensorRT's ONNX parser; the parsed network is evaluated on the test's inputs with
@@ -266,10 +266,60 @@ def run_test(folder: Path, builder, logger) -> dict:
     return {"status": "passed", "datasets": len(datasets)}
 
 
-def run_all(tests_dir: Path, pattern: str | None = None, progress: bool = True) -> dict:
+def _recording_logger():
+    """A TensorRT logger that keeps error messages (the builder reports why it refuses a network)."""
+    from netdef.backend import trt
+
+    class RecordingLogger(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+
+        def log(self, severity, msg):
+            if severity in (trt.ILogger.ERROR, trt.ILogger.INTERNAL_ERROR):
+                self.errors.append(msg)
+
+    return RecordingLogger()
+
+
+def builder_verdict(folder: Path, builder, logger) -> str:
+    """Whether TensorRT's builder accepts the parsed network, with a profile pinned to the test's
+    inputs: "builds", or "refuses: <its first error>" (a network it refuses computes nothing)."""
+    from netdef.backend import create_network, trt
+
+    network = create_network(builder)
+    parser = trt.OnnxParser(network, logger)
+    parser.parse_from_file(str(folder / "model.onnx"))
+    import onnx
+
+    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+    initializers = {t.name for t in graph.initializer}
+    names = [i.name for i in graph.input if i.name not in initializers]
+    inputs = dict(zip(names, _load_tensors(str(sorted(folder.glob("test_data_set_*"))[0]), "input")))
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        value = inputs.get(tensor.name)
+        if value is None:
+            continue
+        if tensor.is_shape_tensor:
+            v = [int(x) for x in np.asarray(value).reshape(-1)]
+            profile.set_shape_input(tensor.name, v, v, v)
+        else:
+            profile.set_shape(tensor.name, value.shape, value.shape, value.shape)
+    config.add_optimization_profile(profile)
+    logger.errors.clear()
+    plan = builder.build_serialized_network(network, config)
+    if plan is not None:
+        return "builds"
+    return "refuses: " + (logger.errors[0] if logger.errors else "no plan").splitlines()[0][:300]
+
+
+def run_all(tests_dir: Path, pattern: str | None = None, progress: bool = True, build: bool = False) -> dict:
     from netdef.backend import describe, trt
 
-    logger = trt.Logger(trt.Logger.INTERNAL_ERROR)
+    logger = _recording_logger()
     builder = trt.Builder(logger)
     ops = _op_names()
     records = []
@@ -283,6 +333,8 @@ def run_all(tests_dir: Path, pattern: str | None = None, progress: bool = True) 
         if folder.name in KNOWN_DEVIATIONS and record["status"] in ("passed", "failed"):
             behaviour, reference = KNOWN_DEVIATIONS[folder.name]
             record.update(status="deviation", deviation=behaviour, reference=reference)
+        if record["status"] == "deviation" or (build and record["status"] != "rejected"):
+            record["builder"] = builder_verdict(folder, builder, logger)
         records.append(record)
         if progress and (i + 1) % 200 == 0:
             log(f"{i + 1}/{len(folders)} tests ({time.perf_counter() - start:.0f} s)")
@@ -296,6 +348,9 @@ def run_all(tests_dir: Path, pattern: str | None = None, progress: bool = True) 
         "deviations": counts["deviation"],
         "rejected": counts["rejected"],
     }
+    if build:  # --build: how many accepted networks TensorRT's builder then refuses, by status
+        refused = collections.Counter(r["status"] for r in records if r.get("builder", "").startswith("refuses"))
+        summary["builder_refused"] = dict(refused)
     by_op: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for r in records:
         by_op[r["op"]][r["status"]] += 1
@@ -320,8 +375,11 @@ def print_report(report: dict, stream=sys.stdout) -> None:
     for status in ("failed", "unsupported", "deviation"):
         for r in report["tests"]:
             if r["status"] == status:
-                detail = r.get("error", "") if status != "deviation" else f"{r['deviation']} [{r['reference']}]"
+                detail = (r.get("error", "") if status != "deviation"
+                          else f"{r['deviation']} [{r['reference']}] (TensorRT's builder {r['builder']})")
                 print(f"{status.upper():12s} {r['name']}: {detail}", file=stream)
+    if "builder_refused" in s:
+        print(f"TensorRT's builder refuses, among the accepted: {s['builder_refused']}", file=stream)
     print(
         f"accepted {s['accepted']}, passed {s['passed']}, failed {s['failed']}, unsupported {s['unsupported']}, "
         f"deviations {s['deviations']}, rejected by the parser {s['rejected']} (total {s['total']})",
@@ -334,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write the summary and every test's result to this JSON file")
     ap.add_argument("--filter", help="only tests whose name contains this")
     ap.add_argument("--cache", type=Path, default=REPO / ".cache", help="where the onnx sdist and node tests are kept")
+    ap.add_argument("--build", action="store_true",
+                    help="also ask TensorRT's builder whether it accepts each parsed network (about a minute)")
     ap.add_argument("--onnx-version", help="take the node tests from this onnx release (default: installed, else 1.20.1)")
     args = ap.parse_args(argv)
     try:
@@ -342,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"conformance: cannot get ONNX's node tests: {exc}", file=sys.stderr)
         return 2
     log(f"node tests of onnx {version} from {tests_dir}")
-    report = run_all(tests_dir, args.filter)
+    report = run_all(tests_dir, args.filter, build=args.build)
     report["onnx_tests_version"] = version
     print_report(report)
     if args.json:
