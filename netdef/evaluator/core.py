@@ -98,6 +98,18 @@ class _Node:
         return cls(layer, kind, reads, outputs)
 
 
+def _link_conditionals(nodes: list) -> None:
+    """An if-conditional's output layer reads its condition too (from the conditional's CONDITION
+    layer, matched by the conditional's name). Both branches are computed; the output picks one."""
+    condition_of = {n.layer.conditional.name: n.reads[0] for n in nodes if n.kind == "CONDITION"}
+    for n in nodes:
+        if n.kind == "CONDITIONAL_OUTPUT":
+            name = n.layer.conditional.name
+            if name not in condition_of:
+                raise EvaluationError(f"layer '{n.layer.name}': no CONDITION layer for conditional '{name}'")
+            n.reads.append(condition_of[name])
+
+
 def topological_order(nodes: list, available) -> list:
     """Nodes ordered so each runs after its inputs' producers (the ONNX parser may wire a layer's
     input with set_input after adding later layers); ties keep the network's order."""
@@ -168,6 +180,7 @@ def evaluate(network, inputs: dict[str, np.ndarray], *, return_all: bool = False
     for node in nodes:  # before anything runs: loops and conditionals would look like cycles
         if node.kind not in LAYER_IMPLEMENTATIONS:
             raise UnsupportedLayerError(node.layer, f"layer type {node.kind}")
+    _link_conditionals(nodes)
     values: dict[str, np.ndarray] = {}
     declared_inputs = {network.get_input(i).name: network.get_input(i) for i in range(network.num_inputs)}
     missing = sorted(set(declared_inputs) - set(inputs))

@@ -325,6 +325,22 @@ def fill(layer, ins):
     return [out.astype(target)]
 
 
+@implements("CONDITION")
+def condition(layer, ins):
+    return []  # its condition is read by the conditional's output layers (core._link_conditionals)
+
+
+@implements("CONDITIONAL_INPUT")
+def conditional_input(layer, ins):
+    return [ins[0]]
+
+
+@implements("CONDITIONAL_OUTPUT")
+def conditional_output(layer, ins):
+    true_value, false_value, cond = ins
+    return [true_value if bool(np.asarray(cond).reshape(())) else false_value]
+
+
 @implements("ASSERTION")
 def assertion(layer, ins):
     if not np.all(ins[0]):
@@ -773,6 +789,85 @@ def pooling(layer, ins):
     count, _ = _pad_for_windows(count, [0] * nd, [0] * nd, out, window, stride, ones, 0)
     divisor = _windows(count, window, stride, ones, out).sum(axis=window_axes)
     return [sums / divisor]
+
+
+# ---------------------------------------------------------------- resize
+
+
+def _source_coordinates(layer, n_in: int, n_out: int, scale: float) -> np.ndarray:
+    """Where each output position samples the input, by the layer's coordinate transformation."""
+    o = np.arange(n_out, dtype=np.float64)
+    transform = enum_name(layer.coordinate_transformation)
+    if n_out == 1 and enum_name(layer.selector_for_single_pixel) == "UPPER":
+        return np.zeros(1)  # e.g. pytorch_half_pixel: a single output pixel samples the first input pixel
+    if transform == "HALF_PIXEL":
+        return (o + 0.5) / scale - 0.5
+    if transform == "ASYMMETRIC":
+        return o / scale
+    if transform == "ALIGN_CORNERS":
+        return o * (n_in - 1) / (n_out - 1) if n_out > 1 else np.zeros(1)
+    raise UnsupportedLayerError(layer, f"coordinate transformation {transform}")
+
+
+def _cubic_weights(t: np.ndarray, a: float) -> np.ndarray:
+    """Keys' cubic convolution weights of the four taps at offsets -1, 0, 1, 2 for fraction t."""
+    d = np.abs(np.stack([t + 1, t, 1 - t, 2 - t], axis=-1))
+    near = ((a + 2) * d - (a + 3)) * d * d + 1
+    far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+    return np.where(d <= 1, near, np.where(d < 2, far, 0.0))
+
+
+def _resize_matrix(layer, n_in: int, n_out: int, scale: float) -> np.ndarray:
+    """[n_out, n_in] interpolation weights of one axis."""
+    x = _source_coordinates(layer, n_in, n_out, scale)
+    mode = enum_name(layer.resize_mode)
+    matrix = np.zeros((n_out, n_in))
+    rows = np.arange(n_out)
+    if mode == "NEAREST":
+        rounding = enum_name(layer.nearest_rounding)
+        index = {"FLOOR": np.floor, "CEIL": np.ceil, "HALF_DOWN": lambda v: np.ceil(v - 0.5),
+                 "HALF_UP": lambda v: np.floor(v + 0.5)}[rounding](x)
+        matrix[rows, np.clip(index, 0, n_in - 1).astype(np.int64)] = 1
+        return matrix
+    if mode == "LINEAR":
+        x = np.clip(x, 0, n_in - 1)
+        low = np.floor(x).astype(np.int64)
+        high = np.minimum(low + 1, n_in - 1)
+        np.add.at(matrix, (rows, low), 1 - (x - low))
+        np.add.at(matrix, (rows, high), x - low)
+        return matrix
+    if mode == "CUBIC":
+        base = np.floor(x).astype(np.int64)
+        weights = _cubic_weights(x - base, float(layer.cubic_coeff))
+        taps = base[:, None] + np.arange(-1, 3)
+        if layer.exclude_outside:  # taps outside the input get no weight; the rest renormalized
+            weights = np.where((taps >= 0) & (taps < n_in), weights, 0)
+            weights = weights / weights.sum(axis=1, keepdims=True)
+        np.add.at(matrix, (np.repeat(rows, 4), np.clip(taps, 0, n_in - 1).reshape(-1)), weights.reshape(-1))
+        return matrix
+    raise UnsupportedLayerError(layer, f"resize mode {mode}")
+
+
+@implements("RESIZE")
+def resize(layer, ins):
+    x = compute_float(ins[0])
+    if optional_input(ins, 1) is not None:  # a shape tensor (output size) or float scales
+        given = np.asarray(ins[1])
+        scales = given.astype(np.float64).tolist() if is_float(given) else None
+        out = [int(np.floor(n * s)) for n, s in zip(x.shape, scales)] if scales else values_of(given)
+    elif len(layer.scales):
+        scales = [float(v) for v in layer.scales]
+        out = [int(np.floor(n * s)) for n, s in zip(x.shape, scales)]
+    else:
+        scales, out = None, dims(layer.shape)
+    y = x.astype(np.float64)
+    for axis, (n_in, n_out) in enumerate(zip(x.shape, out)):
+        scale = scales[axis] if scales else n_out / n_in
+        if n_in == n_out and scale == 1:
+            continue
+        matrix = _resize_matrix(layer, n_in, n_out, scale)
+        y = np.moveaxis(np.tensordot(matrix, np.moveaxis(y, axis, 0), axes=1), 0, axis)
+    return [y.astype(np.float32) if x.dtype != np.float64 else y]
 
 
 # ---------------------------------------------------------------- attention and plugins
