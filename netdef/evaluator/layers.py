@@ -870,6 +870,79 @@ def resize(layer, ins):
     return [y.astype(np.float32) if x.dtype != np.float64 else y]
 
 
+def _reflect(v: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Reflect coordinates at the borders until they fall inside [low, high]."""
+    span = high - low
+    below, above = low - v, v - high
+    dx = np.where(v < low, below, np.where(v > high, above, 0.0))
+    bounces = np.floor(dx / span)
+    rest = dx - bounces * span
+    even = bounces % 2 == 0
+    from_low = np.where(even, low + rest, high - rest)
+    from_high = np.where(even, high - rest, low + rest)
+    return np.where(v < low, from_low, np.where(v > high, from_high, v))
+
+
+@implements("GRID_SAMPLE")
+def grid_sample(layer, ins):
+    """Sample x [N, C, *spatial] at grid [N, *out, nd] (normalized x, y[, z] in [-1, 1])."""
+    x, grid = compute_float(ins[0]).astype(np.float64), compute_float(ins[1]).astype(np.float64)
+    mode, padding = enum_name(layer.interpolation_mode), enum_name(layer.sample_mode)
+    align = bool(layer.align_corners)
+    if padding not in ("FILL", "CLAMP", "REFLECT"):
+        raise UnsupportedLayerError(layer, f"sample mode {padding}")
+    spatial = x.shape[2:]
+    nd = len(spatial)
+    coords = []
+    for d, size in enumerate(spatial):
+        g = grid[..., nd - 1 - d]  # the grid's last coordinate indexes the first spatial dimension
+        v = (g + 1) / 2 * (size - 1) if align else ((g + 1) * size - 1) / 2
+        if mode == "NEAREST":
+            v = np.rint(v)
+        low, high = (0.0, size - 1.0) if align else (-0.5, size - 0.5)
+        if padding == "CLAMP":
+            v = np.where((v < low) | (v > high), np.clip(v, 0, size - 1), v)
+        elif padding == "REFLECT":
+            v = _reflect(v, low, high)
+        coords.append((v, low, high))
+
+    def taps(v):
+        """(index, weight) pairs of one dimension's interpolation."""
+        if mode == "NEAREST":
+            return [(v.astype(np.int64), np.ones_like(v))]
+        base = np.floor(v)
+        t = v - base
+        if mode == "LINEAR":
+            return [(base.astype(np.int64), 1 - t), (base.astype(np.int64) + 1, t)]
+        if mode == "CUBIC":
+            weights = _cubic_weights(t, -0.75)
+            return [(base.astype(np.int64) + k, weights[..., k + 1]) for k in range(-1, 3)]
+        raise UnsupportedLayerError(layer, f"interpolation mode {mode}")
+
+    n = x.shape[0]
+    batch = np.arange(n).reshape((n,) + (1,) * (grid.ndim - 2))
+    out = np.zeros((n,) + grid.shape[1:-1] + (x.shape[1],))
+    per_dim = [taps(v) for v, _, _ in coords]
+    for combination in np.ndindex(*[len(t) for t in per_dim]):
+        weight = np.ones(grid.shape[:-1])
+        index, inside = [], np.ones(grid.shape[:-1], dtype=bool)
+        for d, k in enumerate(combination):
+            i, w = per_dim[d][k]
+            size, (_, low, high) = spatial[d], coords[d]
+            weight = weight * w
+            if padding == "FILL":
+                inside &= (i >= 0) & (i < size)
+                i = np.clip(i, 0, size - 1)
+            elif padding == "CLAMP":
+                i = np.clip(i, 0, size - 1)
+            else:
+                i = np.clip(_reflect(i.astype(np.float64), low, high).astype(np.int64), 0, size - 1)
+            index.append(i)
+        values = np.moveaxis(x, 1, -1)[(batch, *index)]  # [N, *out, C]
+        out += np.where(inside[..., None], values, 0) * weight[..., None]
+    return [np.moveaxis(out, -1, 1)]
+
+
 # ---------------------------------------------------------------- attention and plugins
 
 
