@@ -943,6 +943,29 @@ def grid_sample(layer, ins):
     return [np.moveaxis(out, -1, 1)]
 
 
+@implements("ROTARY_EMBEDDING")
+def rotary_embedding(layer, ins):
+    """RoPE on x [B, H, S, D]: cos/sin [B, S, R/2], or [positions, R/2] gathered at position_ids [B, S]."""
+    x, cos, sin = (compute_float(v) for v in ins[:3])
+    positions = optional_input(ins, 3)
+    if positions is not None:
+        cos, sin = cos[positions], sin[positions]
+    cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
+    rotary = int(layer.rotary_embedding_dim) or x.shape[-1]
+    part, rest = x[..., :rotary], x[..., rotary:]
+    if layer.interleaved:  # pairs are adjacent elements
+        first, second = part[..., 0::2], part[..., 1::2]
+    else:  # pairs are the two halves
+        first, second = part[..., : rotary // 2], part[..., rotary // 2:]
+    out_first = first * cos - second * sin
+    out_second = second * cos + first * sin
+    if layer.interleaved:
+        rotated = np.stack([out_first, out_second], axis=-1).reshape(part.shape)
+    else:
+        rotated = np.concatenate([out_first, out_second], axis=-1)
+    return [np.concatenate([rotated, rest], axis=-1)]
+
+
 # ---------------------------------------------------------------- attention and plugins
 
 
