@@ -294,13 +294,14 @@ def positional_table(m: Mapping, name: str, tensor: str) -> None:
 
 
 def _check_io(g: Graph, inputs, outputs, other: str) -> None:
-    missing = [x for x in inputs if x not in g.inputs] + [x for x in outputs if x not in g.outputs]
-    if missing:
-        hint = ""
+    missing_in = [x for x in inputs if x not in g.inputs]
+    missing_out = [x for x in outputs if x not in g.outputs]
+    if missing_in or missing_out:
+        what = [f"missing {kind} {', '.join(repr(x) for x in names)}"
+                for kind, names in (("inputs", missing_in), ("outputs", missing_out)) if names]
         looks = {"decoder": "hyps_pad_sos_eos", "encoder": "speech"}[other]
-        if looks in g.inputs:
-            hint = f" (it looks like the {other}: were the two files swapped?)"
-        raise g.fail(f"missing input/output {', '.join(repr(x) for x in missing)}{hint}")
+        hint = f" (it looks like the {other}: were the two files swapped?)" if looks in g.inputs else ""
+        raise g.fail("; ".join(what) + hint)
 
 
 def extract_encoder(path: Path) -> tuple[Mapping, dict, dict]:
