@@ -30,10 +30,13 @@ def weights(array: np.ndarray):
     return trt.Weights(array)
 
 
+# TensorRT keeps the first logger a process registers and uses it from then on: it must never be freed
+LOGGER = trt.Logger(trt.Logger.ERROR)
+
+
 @pytest.fixture()
 def network():
-    logger = trt.Logger(trt.Logger.ERROR)
-    builder = trt.Builder(logger)
+    builder = trt.Builder(LOGGER)
     yield create_network(builder)  # the builder outlives the network
     _KEEP_ALIVE.clear()
 
@@ -276,13 +279,17 @@ def test_unimplemented_layer_raises_naming_it(network):
 
 
 def test_unimplemented_layer_type_raises_before_running(network):
-    tx = network.add_input("x", trt.float32, (1, 1, 4, 4))
-    grid = network.add_input("grid", trt.float32, (1, 4, 4, 2))
-    layer = network.add_grid_sample(tx, grid)
-    layer.name = "sampler"
-    network.mark_output(layer.get_output(0))
-    with pytest.raises(UnsupportedLayerError, match=r"layer 'sampler' \(GRID_SAMPLE\): layer type GRID_SAMPLE"):
-        evaluate(network, {"x": np.zeros((1, 1, 4, 4), np.float32), "grid": np.zeros((1, 4, 4, 2), np.float32)})
+    # a loop (x + x + x): loops are not implemented; the error comes before any layer runs
+    tx = network.add_input("x", trt.float32, (2,))
+    loop = network.add_loop()
+    loop.add_trip_limit(constant(network, np.array(3, np.int32)), trt.TripLimit.COUNT)
+    recurrence = loop.add_recurrence(tx)
+    total = network.add_elementwise(recurrence.get_output(0), tx, trt.ElementWiseOperation.SUM)
+    recurrence.set_input(1, total.get_output(0))
+    out = loop.add_loop_output(recurrence.get_output(0), trt.LoopOutput.LAST_VALUE)
+    network.mark_output(out.get_output(0))
+    with pytest.raises(UnsupportedLayerError, match=r"\((TRIP_LIMIT|RECURRENCE|LOOP_OUTPUT)\): layer type \1 is not supported"):
+        evaluate(network, {"x": np.ones(2, np.float32)})
 
 
 def test_assertion_layer_failure_is_reported(network):

@@ -19,11 +19,14 @@ CASES = {
 TOLERANCE = {"encoder": 1e-4, "decoder": 1e-3}
 
 
+# TensorRT keeps the first logger a process registers and uses it from then on: it must never be freed
+LOGGER = trt.Logger(trt.Logger.ERROR)
+
+
 def parse(onnx_path):
-    logger = trt.Logger(trt.Logger.ERROR)
-    builder = trt.Builder(logger)
+    builder = trt.Builder(LOGGER)
     network = create_network(builder)
-    parser = trt.OnnxParser(network, logger)
+    parser = trt.OnnxParser(network, LOGGER)
     ok = parser.parse_from_file(str(onnx_path))
     assert ok, [parser.get_error(i).desc() for i in range(parser.num_errors)]
     return builder, parser, network  # all three must stay alive while the network is used

@@ -266,8 +266,15 @@ def run_test(folder: Path, builder, logger) -> dict:
     return {"status": "passed", "datasets": len(datasets)}
 
 
+_LOGGER = None
+
+
 def _recording_logger():
-    """A TensorRT logger that keeps error messages (the builder reports why it refuses a network)."""
+    """A TensorRT logger that keeps error messages (the builder reports why it refuses a network).
+    One per process, never freed: TensorRT keeps using the first logger a process registers."""
+    global _LOGGER
+    if _LOGGER is not None:
+        return _LOGGER
     from netdef.backend import trt
 
     class RecordingLogger(trt.ILogger):
@@ -279,7 +286,8 @@ def _recording_logger():
             if severity in (trt.ILogger.ERROR, trt.ILogger.INTERNAL_ERROR):
                 self.errors.append(msg)
 
-    return RecordingLogger()
+    _LOGGER = RecordingLogger()
+    return _LOGGER
 
 
 def builder_verdict(folder: Path, builder, logger) -> str:
