@@ -228,11 +228,17 @@ def test_export_refuses_non_empty_out(tmp_path):
 
 
 def test_ensure_model_caches_atomically(tmp_path, monkeypatch, capsys):
+    """Two concurrent first calls build the entry once; the second call reuses it at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
     monkeypatch.setenv("WENET_TRT_CACHE", str(tmp_path))
-    first = ensure_model("tiny", seed=5, decoder="best_index")
-    assert "exporting tiny (seed 5)..." in capsys.readouterr().err
+    with ThreadPoolExecutor(2) as pool:
+        first, other = pool.map(lambda _: ensure_model("tiny", seed=5, decoder="best_index"), range(2))
+    assert first == other
+    assert capsys.readouterr().err.count("exporting tiny (seed 5)...") == 1
     assert first.dir.parent == tmp_path and sources_hash() in first.dir.name
-    assert [p.name for p in tmp_path.iterdir()] == [first.dir.name], "no temporary folders left behind"
+    entries = [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")]
+    assert entries == [first.dir.name], "no temporary folders left behind"
     for p in (first.encoder_onnx, first.decoder_onnx, first.cases, first.weights_dir / "config.json"):
         assert p.is_file()
     assert json.loads((first.weights_dir / "config.json").read_text())["decoder"]["outputs"] == ["best_index"]

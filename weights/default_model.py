@@ -5,12 +5,13 @@
 
 Cache root: $WENET_TRT_CACHE, else <repo>/.cache/models. An entry's folder name carries a short
 hash of the exporter and extractor sources, so changing either rebuilds it. An entry is built in a
-temporary folder and renamed into place, so an interrupted build leaves nothing half-written and
-concurrent builders of the same entry both end up with a complete one. torch is imported only
-when an entry has to be built.
+temporary folder and renamed into place, so an interrupted build leaves nothing half-written; a
+lock file makes a concurrent builder of the same entry (another pytest run) wait and reuse it.
+torch is imported only when an entry has to be built.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -70,12 +71,20 @@ def ensure_model(name: str = "aishell", seed: int = 0, *, root: str | os.PathLik
     if (entry / "weights" / "config.json").is_file():
         return paths
 
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with open(entry.parent / f".{entry.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (entry / "weights" / "config.json").is_file():
+            _build(entry, name, seed, decoder)
+    return paths
+
+
+def _build(entry: Path, name: str, seed: int, decoder: str) -> None:
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
     from tools.export_wenet import export  # imports torch
     from tools.extract_weights import extract_to
 
-    entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
     try:
         print(f"exporting {name} (seed {seed})...", file=sys.stderr, flush=True)
@@ -84,12 +93,7 @@ def ensure_model(name: str = "aishell", seed: int = 0, *, root: str | os.PathLik
         print(f"extracting weights of {name} (seed {seed})...", file=sys.stderr, flush=True)
         extract_to(build / "encoder.onnx", build / "decoder.onnx", build / "weights")
         build.chmod(0o755)
-        try:
-            os.replace(build, entry)
-        except OSError:
-            if not (entry / "weights" / "config.json").is_file():  # not a concurrent builder's entry
-                raise
+        os.replace(build, entry)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"model cached in {entry}", file=sys.stderr, flush=True)
-    return paths
