@@ -278,6 +278,31 @@ def test_anonymous_pe_table_found_by_structure(tiny_model, tmp_path):
         np.testing.assert_array_equal(got.get(name), ref.get(name))
 
 
+def test_independent_of_node_names_node_order_and_anonymous_names(tiny_model, tmp_path):
+    """Shuffle the nodes, rename every node and every anonymous initializer: same tensors, same config."""
+    rng = np.random.default_rng(7)
+    for part in ("encoder", "decoder"):
+        model = onnx.load(str(getattr(tiny_model, f"{part}_onnx")))
+        nodes = list(model.graph.node)
+        order = rng.permutation(len(nodes))
+        del model.graph.node[:]
+        model.graph.node.extend(nodes[i] for i in order)
+        for i, node in enumerate(model.graph.node):
+            node.name = f"n{rng.integers(1 << 30)}_{i}"
+        for t in list(model.graph.initializer):
+            if t.name.startswith("onnx::"):
+                rename_initializer(model, t.name, f"anon_{rng.integers(1 << 30)}")
+        onnx.save(model, str(tmp_path / f"{part}.onnx"))
+    extract_to(tmp_path / "encoder.onnx", tmp_path / "decoder.onnx", tmp_path / "w")
+    ref, got = load_weights(tiny_model.weights_dir), load_weights(tmp_path / "w")
+    strip = lambda c: {k: v for k, v in c.items() if k != "sources"}  # noqa: E731
+    assert strip(got.config) == strip(ref.config)
+    for part in ("encoder", "decoder"):
+        assert getattr(got, part).keys() == getattr(ref, part).keys()
+        for name, value in getattr(ref, part).items():
+            np.testing.assert_array_equal(getattr(got, part)[name], value, err_msg=name)
+
+
 def test_report_lists_unused_constants_and_rejects_stray_weights(tiny_model, tmp_path):
     model = onnx.load(str(tiny_model.encoder_onnx))
     # an integer shape constant used by a Reshape: legitimately unused
