@@ -5,6 +5,7 @@ recomputations (top-k, lengths, best_index) and the model's own statistics."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -216,6 +217,29 @@ def test_export_cli_bad_config_leaves_nothing(tmp_path):
     assert r.returncode != 0
     assert r.stderr.strip().count("\n") == 0 and "not divisible by attention_heads" in r.stderr
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.json"]
+
+
+def test_config_json_from_extraction_is_a_valid_export_config(aishell_model, tiny_model):
+    """--config accepts a whole config.json (derived fields are checked, export-mode ones ignored)."""
+    from tools.wenet_model import aishell_config, load_config, tiny_config
+
+    assert load_config(str(aishell_model.weights_dir / "config.json")) == aishell_config()
+    assert load_config(str(tiny_model.weights_dir / "config.json")) == tiny_config()
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"encoder": {"num_blocks": 0}}, "encoder.num_blocks = 0 is not a positive int"),
+    ({"encoder": {"global_cmvn": 1}}, "encoder.global_cmvn = 1 is not a boolean"),
+    ({"encoder": {"macaron": False}}, "encoder.macaron = False conflicts with the reference model"),
+    ({"sos": 3}, "sos = 3 conflicts"),
+    ({"encoder": {"cnn_module_kernel": 8}}, "odd cnn_module_kernel"),
+    ({"colour": "red"}, "unknown key 'colour'"),
+])
+def test_bad_config_values(override, message):
+    from tools.wenet_model import aishell_config, merge_config
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        merge_config(aishell_config(), override)
 
 
 def test_export_refuses_non_empty_out(tmp_path):

@@ -50,35 +50,66 @@ def tiny_config() -> dict:
 
 NAMED_CONFIGS = {"aishell": aishell_config, "tiny": tiny_config}
 
-# Keys a user's JSON may set; everything else is derived (sos/eos, feature dims, batch_norm mode...).
+# Keys a user's JSON may set. The rest of config.json is derived (checked if given), fixed by this
+# architecture (checked), or decided by the export mode (ignored: --no-fold-bn, --decoder).
 _SETTABLE = {
-    "encoder": {"input_dim", "output_size", "attention_heads", "linear_units", "num_blocks",
-                "cnn_module_kernel", "layer_norm_eps", "global_cmvn", "pos_enc_max_len"},
-    "decoder": {"attention_heads", "linear_units", "num_blocks", "layer_norm_eps", "pos_enc_max_len"},
-    None: {"vocab_size", "ctc_weight", "beam_size"},
+    "encoder": {"input_dim": int, "output_size": int, "attention_heads": int, "linear_units": int,
+                "num_blocks": int, "cnn_module_kernel": int, "layer_norm_eps": float, "global_cmvn": bool,
+                "pos_enc_max_len": int},
+    "decoder": {"attention_heads": int, "linear_units": int, "num_blocks": int, "layer_norm_eps": float,
+                "pos_enc_max_len": int},
+    "": {"vocab_size": int, "ctc_weight": float, "beam_size": int},
 }
+_EXPORT_MODE = {"encoder": {"batch_norm", "batch_norm_eps"}, "decoder": {"outputs"}, "": {"format", "sources"}}
+
+
+def _check_value(where: str, value, kind: type) -> None:
+    if kind is bool:
+        ok = isinstance(value, bool)
+    else:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or float(value).is_integer())
+        ok = ok and (value >= 0 if where == "ctc_weight" else value > 0)
+    if not ok:
+        raise ValueError(f"config: {where} = {value!r} is not a {'boolean' if kind is bool else 'positive ' + kind.__name__}")
 
 
 def merge_config(base: dict, override: dict) -> dict:
-    """`base` with `override`'s keys replaced (one level of nesting), derived fields recomputed."""
+    """`base` with `override`'s settable keys replaced, derived fields recomputed and checked.
+
+    `override` may be a whole config.json (e.g. one that extraction wrote): derived and fixed fields
+    must then agree with what the settable ones imply."""
     cfg = copy.deepcopy(base)
-    for key, value in override.items():
-        if key in ("encoder", "decoder"):
-            unknown = set(value) - _SETTABLE[key]
-            if unknown:
-                raise ValueError(f"config: unknown or derived {key} keys {sorted(unknown)}; settable: {sorted(_SETTABLE[key])}")
-            cfg[key].update(value)
-        elif key in _SETTABLE[None]:
-            cfg[key] = value
-        else:
-            raise ValueError(f"config: unknown or derived key {key!r}; settable: {sorted(_SETTABLE[None])} and 'encoder'/'decoder'")
+    given: dict[str, dict] = {}
+    for part in ("encoder", "decoder", ""):
+        values = override.get(part, {}) if part else {k: v for k, v in override.items() if k not in ("encoder", "decoder")}
+        if not isinstance(values, dict):
+            raise ValueError(f"config: {part!r} must be a JSON object")
+        target = cfg[part] if part else cfg
+        for key, value in values.items():
+            where = f"{part}.{key}" if part else key
+            if key in _SETTABLE[part]:
+                _check_value(where, value, _SETTABLE[part][key])
+                target[key] = _SETTABLE[part][key](value)
+            elif key in _EXPORT_MODE[part]:
+                continue
+            elif key in target:
+                given[where] = value  # derived or fixed: checked below
+            else:
+                raise ValueError(f"config: unknown key {where!r}")
     enc, dec = cfg["encoder"], cfg["decoder"]
     enc["subsampled_feature_dim"] = ((enc["input_dim"] - 1) // 2 - 1) // 2
     dec["output_size"] = enc["output_size"]  # src_attn attends encoder_out directly
     cfg["sos"] = cfg["eos"] = cfg["vocab_size"] - 1  # WeNet's convention (wenet/utils/init_model.py)
-    for part in (enc, dec):
+    for where, value in given.items():
+        part, _, key = where.rpartition(".")
+        expected = (cfg[part] if part else cfg)[key]
+        if value != expected:
+            raise ValueError(f"config: {where} = {value!r} conflicts with the reference model ({expected!r})")
+    for name, part in (("encoder", enc), ("decoder", dec)):
         if part["output_size"] % part["attention_heads"]:
-            raise ValueError(f"config: output_size {part['output_size']} is not divisible by attention_heads {part['attention_heads']}")
+            raise ValueError(f"config: {name} output_size {part['output_size']} is not divisible by attention_heads {part['attention_heads']}")
+    if enc["subsampled_feature_dim"] < 1 or enc["cnn_module_kernel"] % 2 == 0 or cfg["beam_size"] > cfg["vocab_size"]:
+        raise ValueError("config: needs input_dim >= 7, an odd cnn_module_kernel and beam_size <= vocab_size")
     return cfg
 
 
@@ -95,8 +126,6 @@ def load_config(spec: str) -> dict:
         raise ValueError(f"--config {path}: not valid JSON ({err})") from None
     if not isinstance(override, dict):
         raise ValueError(f"--config {path}: expected a JSON object")
-    for key in ("format", "sources"):
-        override.pop(key, None)
     return merge_config(aishell_config(), override)
 
 
