@@ -16,10 +16,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
 import conformance  # noqa: E402
 
-# Layer types the evaluator leaves unimplemented on purpose: control flow, detection and image ops,
-# random numbers, LLM-specific layers. None of them appears in the WeNet encoder or decoder.
-NOT_NEEDED_BY_WENET = {"CONDITION", "TRIP_LIMIT", "RECURRENCE", "ITERATOR", "LOOP_OUTPUT", "NMS", "GRID_SAMPLE",
-                       "RESIZE", "ROTARY_EMBEDDING", "KV_CACHE_UPDATE", "FILL"}
+# Layer types the evaluator leaves unimplemented: non-max suppression, KV-cache update and random
+# fills. None of them appears in the WeNet encoder or decoder.
+NOT_NEEDED_BY_WENET = {"NMS", "KV_CACHE_UPDATE", "FILL"}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +37,7 @@ def test_summary_meets_the_bar(report):
     assert not failed, "\n".join(failed)
     assert s["passed"] >= 0.9 * s["accepted"], s
     # every deviation is one of the listed, referenced TensorRT behaviours. The issue asks for fewer
-    # than 2% of accepted; 19 of 905 (2.1%) is one over, see docs/evaluator.md
+    # than 2% of accepted; 22 of 905 (2.4%) is over, see docs/evaluator.md
     assert s["deviations"] <= len(conformance.KNOWN_DEVIATIONS), s
 
 

@@ -279,17 +279,37 @@ def test_unimplemented_layer_raises_naming_it(network):
 
 
 def test_unimplemented_layer_type_raises_before_running(network):
-    # a loop (x + x + x): loops are not implemented; the error comes before any layer runs
-    tx = network.add_input("x", trt.float32, (2,))
+    boxes = network.add_input("boxes", trt.float32, (1, 4, 4))
+    scores = network.add_input("scores", trt.float32, (1, 4, 1))
+    nms = network.add_nms(boxes, scores, constant(network, np.array(2, np.int32)))
+    nms.name = "suppress"
+    network.mark_output(nms.get_output(0))
+    with pytest.raises(UnsupportedLayerError, match=r"layer 'suppress' \(NMS\): layer type NMS is not supported"):
+        evaluate(network, {"boxes": np.zeros((1, 4, 4), np.float32), "scores": np.zeros((1, 4, 1), np.float32)})
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_loop_matches_numpy(network, reverse):
+    """A loop over the rows of x: the running sum (recurrence), every partial sum (CONCATENATE output)
+    and the final sum (LAST_VALUE of the recurrence)."""
+    x = RNG.standard_normal((5, 3)).astype(np.float32)
+    tx = network.add_input("x", trt.float32, x.shape)
     loop = network.add_loop()
-    loop.add_trip_limit(constant(network, np.array(3, np.int32)), trt.TripLimit.COUNT)
-    recurrence = loop.add_recurrence(tx)
-    total = network.add_elementwise(recurrence.get_output(0), tx, trt.ElementWiseOperation.SUM)
-    recurrence.set_input(1, total.get_output(0))
-    out = loop.add_loop_output(recurrence.get_output(0), trt.LoopOutput.LAST_VALUE)
-    network.mark_output(out.get_output(0))
-    with pytest.raises(UnsupportedLayerError, match=r"\((TRIP_LIMIT|RECURRENCE|LOOP_OUTPUT)\): layer type \1 is not supported"):
-        evaluate(network, {"x": np.ones(2, np.float32)})
+    loop.add_trip_limit(constant(network, np.array(5, np.int32)), trt.TripLimit.COUNT)
+    row = loop.add_iterator(tx, 0, reverse).get_output(0)
+    total = loop.add_recurrence(constant(network, np.zeros(3, np.float32)))
+    running = network.add_elementwise(total.get_output(0), row, trt.ElementWiseOperation.SUM).get_output(0)
+    total.set_input(1, running)
+    every = loop.add_loop_output(running, trt.LoopOutput.CONCATENATE, 0)
+    every.set_input(1, constant(network, np.array(5, np.int32)))
+    last = loop.add_loop_output(total.get_output(0), trt.LoopOutput.LAST_VALUE)
+    network.mark_output(every.get_output(0))
+    network.mark_output(last.get_output(0))
+    got = evaluate(network, {"x": x})
+    rows = x[::-1] if reverse else x
+    want = np.cumsum(rows.astype(np.float64), axis=0)
+    np.testing.assert_allclose(got[every.get_output(0).name], want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got[last.get_output(0).name], want[-1], rtol=1e-6, atol=1e-6)
 
 
 def test_assertion_layer_failure_is_reported(network):

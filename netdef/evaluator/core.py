@@ -172,15 +172,49 @@ def _store(node: _Node, index: int, value) -> np.ndarray:
     return value
 
 
+def _run_node(node, values) -> None:
+    """Compute one node's outputs from `values` into `values` (a dict, or a loop's ChainMap)."""
+    from .layers import LAYER_IMPLEMENTATIONS
+
+    layer, kind = node.layer, node.kind
+    if kind == "LOOP":
+        results = node.run(values, _run_node)
+        for j, (name, *_) in enumerate(node.outputs):
+            values[name] = _store(node, j, results[name])
+        return
+    args = []
+    for j, name in enumerate(node.reads):
+        if name is None:
+            args.append(None)
+            continue
+        try:
+            args.append(values[name])
+        except KeyError:
+            raise EvaluationError(f"layer '{layer.name}' ({kind}): input {j} '{name}' is produced by no layer") from None
+    try:
+        results = LAYER_IMPLEMENTATIONS[kind](layer, args)
+    except (UnsupportedLayerError, EvaluationError):
+        raise
+    except Exception as exc:
+        raise EvaluationError(f"layer '{layer.name}' ({kind}): {type(exc).__name__}: {exc}") from exc
+    if len(results) != len(node.outputs):
+        raise EvaluationError(f"layer '{layer.name}' ({kind}): computed {len(results)} outputs, expected {len(node.outputs)}")
+    for j, result in enumerate(results):
+        values[node.outputs[j][0]] = _store(node, j, result)
+
+
 def evaluate(network, inputs: dict[str, np.ndarray], *, return_all: bool = False) -> dict[str, np.ndarray]:
     """Compute `network`'s outputs (every named tensor when `return_all`) from `inputs` by tensor name."""
     from .layers import LAYER_IMPLEMENTATIONS  # layers imports core for the error classes
 
     nodes = [_Node.of(network.get_layer(i)) for i in range(network.num_layers)]
-    for node in nodes:  # before anything runs: loops and conditionals would look like cycles
-        if node.kind not in LAYER_IMPLEMENTATIONS:
+    from .loops import BOUNDARY, group_loops
+
+    for node in nodes:  # before anything runs
+        if node.kind not in LAYER_IMPLEMENTATIONS and node.kind not in BOUNDARY:
             raise UnsupportedLayerError(node.layer, f"layer type {node.kind}")
     _link_conditionals(nodes)
+    nodes = group_loops(nodes)  # a loop becomes one node: the network is acyclic again
     values: dict[str, np.ndarray] = {}
     declared_inputs = {network.get_input(i).name: network.get_input(i) for i in range(network.num_inputs)}
     missing = sorted(set(declared_inputs) - set(inputs))
@@ -206,28 +240,8 @@ def evaluate(network, inputs: dict[str, np.ndarray], *, return_all: bool = False
             last_use[name] = len(nodes)
 
     for index, node in enumerate(nodes):
-        layer, kind = node.layer, node.kind
-        args = []
-        for j, name in enumerate(node.reads):
-            if name is None:
-                args.append(None)
-                continue
-            try:
-                args.append(values[name])
-            except KeyError:
-                raise EvaluationError(f"layer '{layer.name}' ({kind}): input {j} '{name}' is produced by no layer") from None
-        try:
-            results = LAYER_IMPLEMENTATIONS[kind](layer, args)
-        except (UnsupportedLayerError, EvaluationError):
-            raise
-        except Exception as exc:
-            raise EvaluationError(f"layer '{layer.name}' ({kind}): {type(exc).__name__}: {exc}") from exc
-        if len(results) != len(node.outputs):
-            raise EvaluationError(f"layer '{layer.name}' ({kind}): computed {len(results)} outputs, expected {len(node.outputs)}")
-        for j, result in enumerate(results):
-            values[node.outputs[j][0]] = _store(node, j, result)
+        _run_node(node, values)
         if not return_all:
-            del args
             for name in node.reads:
                 if name is not None and last_use.get(name, -1) <= index and name not in declared_inputs:
                     values.pop(name, None)
