@@ -20,6 +20,7 @@ ATTENTION_PAD = 4
 ATTENTION_MMA_WARPS = 4       # kMmaWarps: FP16 kernel, 16 query rows per warp
 ATTENTION_MMA_BLOCK_N = 64    # kMmaBlockN
 ATTENTION_MMA_PAD = 8         # kMmaPad (halves)
+ATTENTION_MMA_STAGES = 2      # kMmaStages: double-buffered key tiles
 MAX_LAYERNORM_DIM = 1024
 
 _CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float16): "__half"}
@@ -52,7 +53,7 @@ def attention_smem_bytes(head_dim: int) -> int:
 def attention_mma_smem_bytes(head_dim: int) -> int:
     """Mirror of relpos_attention_mma_smem_bytes() in relpos_attention.cu."""
     n, pad = ATTENTION_MMA_BLOCK_N, ATTENTION_MMA_PAD
-    return 2 * (2 * n * (head_dim + pad) + head_dim * (n + pad))
+    return 2 * ATTENTION_MMA_STAGES * 3 * n * (head_dim + pad)
 
 
 def layernorm(x, residual, gamma, beta, out_sum, out_norm, *, rows: int, dim: int, eps: float, dtype, stream: int = 0):

@@ -216,13 +216,34 @@ relpos_attention_kernel(const T* __restrict__ q, const T* __restrict__ k, const 
 // registers as A fragments for the whole kernel; k, p and v^T tiles are shared by the block's warps.
 // The scores' accumulator layout is reused as the A operand of probabilities x v, so probabilities never
 // touch shared memory. Softmax statistics are FP32; probabilities are rounded to FP16 for the second
-// product, as FP16 flash attention does.
+// product, as FP16 flash attention does. Key tiles are double-buffered: cp.async fetches tile i+1 while
+// the tensor cores work on tile i; v stays row-major and ldmatrix.trans transposes it into B fragments.
 constexpr int kMmaWarps = 4;
 constexpr int kMmaBlockN = 64;
 constexpr int kMmaPad = 8;  // halves of padding per shared row: conflict-free fragment loads
 
+constexpr int kMmaStages = 2;
+
 __host__ __device__ constexpr int relpos_attention_mma_smem_bytes(int dk) {
-    return static_cast<int>(sizeof(__half)) * (2 * kMmaBlockN * (dk + kMmaPad) + dk * (kMmaBlockN + kMmaPad));
+    return static_cast<int>(sizeof(__half)) * kMmaStages * 3 * kMmaBlockN * (dk + kMmaPad);  // k, p, v
+}
+
+// 16 bytes global -> shared without passing through registers; src_bytes 0 writes zeros (masked rows).
+__device__ __forceinline__ void cp_async_16(void* smem, const void* global, bool valid) {
+    const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(global), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending)); }
+
+// B fragments of two adjacent 8-column tiles from a row-major [k][n] tile (ldmatrix .trans):
+// lanes 0-15 address rows k0..k0+15 at column n0, lanes 16-31 the same rows at column n0 + 8.
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned (&b)[4], const __half* row_address) {
+    const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(row_address));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(b[0]), "=r"(b[1]), "=r"(b[2]), "=r"(b[3])
+                 : "r"(addr));
 }
 
 __device__ __forceinline__ void mma_16816(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
@@ -256,13 +277,12 @@ relpos_attention_mma_kernel(const __half* __restrict__ q, const __half* __restri
     constexpr int kKSteps = DK / 16;   // k-steps of the score products (per term)
     constexpr int kScoreTiles = kN / 8;
     constexpr int kOutTiles = DK / 8;
-    constexpr int kLdK = DK + kMmaPad;  // s_k, s_p: [kN][kLdK]
-    constexpr int kLdV = kN + kMmaPad;  // s_vt: [DK][kLdV]
+    constexpr int kLd = DK + kMmaPad;   // row stride of the k, p and v tiles: [kN][kLd]
+    constexpr int kTile = kN * kLd;
+    constexpr int kStage = 3 * kTile;
 
     extern __shared__ float4 smem_f4[];
-    __half* s_k = reinterpret_cast<__half*>(smem_f4);
-    __half* s_p = s_k + kN * kLdK;
-    __half* s_vt = s_p + kN * kLdK;
+    __half* smem = reinterpret_cast<__half*>(smem_f4);  // stage s: k at s*kStage, p at +kTile, v at +2*kTile
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int g = lane / 4, t = lane % 4;  // fragment row group and column pair
@@ -308,24 +328,32 @@ relpos_attention_mma_kernel(const __half* __restrict__ q, const __half* __restri
     float row_max[2] = {neg_inf(), neg_inf()};  // rows g and g+8
     float row_sum[2] = {0.f, 0.f};             // this lane's partial sums; reduced over the 4 lanes at the end
 
-    for (int n0 = 0; n0 < length; n0 += kN) {
-        __syncthreads();  // the previous tile is no longer read
+    auto fetch_tile = [&](int n0, int stage) {
         constexpr int kChunksPerRow = DK / 8;  // 16-byte chunks
+        __half* s_k = smem + stage * kStage;
         for (int chunk = threadIdx.x; chunk < kN * kChunksPerRow; chunk += 32 * kMmaWarps) {
             const int r = chunk / kChunksPerRow, d0 = (chunk % kChunksPerRow) * 8;
             const bool valid = n0 + r < length;
-            const size_t key = static_cast<size_t>(n0 + r);
-            const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
-            const float4 kk = valid ? *reinterpret_cast<const float4*>(k_bh + key * ld + d0) : zero;
-            const float4 pp = valid ? *reinterpret_cast<const float4*>(p_h + key * DK + d0) : zero;
-            const float4 vv = valid ? *reinterpret_cast<const float4*>(v_bh + key * ld + d0) : zero;
-            *reinterpret_cast<float4*>(s_k + r * kLdK + d0) = kk;
-            *reinterpret_cast<float4*>(s_p + r * kLdK + d0) = pp;
-            const __half* vh = reinterpret_cast<const __half*>(&vv);
-#pragma unroll
-            for (int e = 0; e < 8; ++e) s_vt[(d0 + e) * kLdV + r] = vh[e];
+            const size_t key = valid ? static_cast<size_t>(n0 + r) : 0;  // a valid address even when zero-filling
+            cp_async_16(s_k + r * kLd + d0, k_bh + key * ld + d0, valid);
+            cp_async_16(s_k + kTile + r * kLd + d0, p_h + key * DK + d0, valid);
+            cp_async_16(s_k + 2 * kTile + r * kLd + d0, v_bh + key * ld + d0, valid);
+        }
+        cp_async_commit();
+    };
+
+    if (length > 0) fetch_tile(0, 0);
+    for (int n0 = 0, stage = 0; n0 < length; n0 += kN, stage ^= 1) {
+        if (n0 + kN < length) {
+            fetch_tile(n0 + kN, stage ^ 1);  // that stage was released by the barrier closing the last tile
+            cp_async_wait<1>();              // this tile has landed; the next may still be in flight
+        } else {
+            cp_async_wait<0>();
         }
         __syncthreads();
+        const __half* s_k = smem + stage * kStage;
+        const __half* s_p = s_k + kTile;
+        const __half* s_v = s_k + 2 * kTile;
 
         // Scores: C fragments c0,c1 (row g, keys 8*nt + 2t, +1) and c2,c3 (row g+8, same keys).
         float score[kScoreTiles][4];
@@ -333,8 +361,8 @@ relpos_attention_mma_kernel(const __half* __restrict__ q, const __half* __restri
         for (int nt = 0; nt < kScoreTiles; ++nt) {
 #pragma unroll
             for (int i = 0; i < 4; ++i) score[nt][i] = 0.f;
-            const __half* k_row = s_k + (nt * 8 + g) * kLdK + 2 * t;
-            const __half* p_row = s_p + (nt * 8 + g) * kLdK + 2 * t;
+            const __half* k_row = s_k + (nt * 8 + g) * kLd + 2 * t;
+            const __half* p_row = s_p + (nt * 8 + g) * kLd + 2 * t;
 #pragma unroll
             for (int ks = 0; ks < kKSteps; ++ks) {
                 mma_16816(score[nt], qu[ks], *reinterpret_cast<const unsigned*>(k_row + ks * 16),
@@ -385,12 +413,14 @@ relpos_attention_mma_kernel(const __half* __restrict__ q, const __half* __restri
                                    pack_half2(score[2 * j + 1][0], score[2 * j + 1][1]),
                                    pack_half2(score[2 * j + 1][2], score[2 * j + 1][3])};
 #pragma unroll
-            for (int dt = 0; dt < kOutTiles; ++dt) {
-                const __half* v_row = s_vt + (dt * 8 + g) * kLdV + j * 16 + 2 * t;
-                mma_16816(acc[dt], a, *reinterpret_cast<const unsigned*>(v_row),
-                          *reinterpret_cast<const unsigned*>(v_row + 8));
+            for (int dt = 0; dt < kOutTiles; dt += 2) {
+                unsigned b[4];
+                ldmatrix_x4_trans(b, s_v + (j * 16 + lane % 16) * kLd + (dt + lane / 16) * 8);
+                mma_16816(acc[dt], a, b[0], b[1]);
+                mma_16816(acc[dt + 1], a, b[2], b[3]);
             }
         }
+        __syncthreads();  // every warp is done with this stage before it is refilled
     }
 
 #pragma unroll

@@ -1,0 +1,103 @@
+"""The plugin kernels compile with nvcc for every target architecture (no GPU needed), without register
+spills, and the Python launchers' copies of the kernels' launch constants match the CUDA source."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from plugins import launch
+from plugins.loader import KERNEL_DIR, read_source
+
+NVCC = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
+ARCHS = ("80", "86", "89", "90")
+KERNEL_FILES = ("layernorm.cu", "relpos_attention.cu")
+
+
+class Nvcc:
+    """One nvcc run in the background, its output in a log file (a pipe could fill and stall it)."""
+
+    def __init__(self, *args: str, cwd: Path):
+        if not Path(NVCC).exists():
+            raise FileNotFoundError(f"nvcc not found (looked on PATH and at {NVCC}); CI compiles the kernels with it")
+        self.log_path = cwd / f"nvcc-{id(self)}.log"
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen([NVCC, *args], cwd=cwd, stdout=log, stderr=subprocess.STDOUT, text=True)
+
+    def finish(self, timeout: float = 900) -> tuple[int, str]:
+        returncode = self.process.wait(timeout=timeout)
+        return returncode, self.log_path.read_text()
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """Every kernel file, every supported template instance, for sm_80/86/89/90 (compiled in parallel)."""
+    out = tmp_path_factory.mktemp("cubins")
+    gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in ARCHS]
+    jobs = {name: Nvcc("-fatbin", "-DWENET_INSTANTIATE_ALL", "-Xptxas", "-v", "-Werror", "all-warnings",
+                       *gencode, str(KERNEL_DIR / name), "-o", str(out / f"{name}.fatbin"), cwd=out)
+            for name in KERNEL_FILES}
+    return {name: (*job.finish(), out / f"{name}.fatbin") for name, job in jobs.items()}
+
+
+@pytest.mark.parametrize("name", KERNEL_FILES)
+def test_kernels_compile_for_every_architecture_without_spills(compiled, name):
+    returncode, log, fatbin = compiled[name]
+    assert returncode == 0, log
+    assert fatbin.stat().st_size > 0
+    for arch in ARCHS:
+        assert f"for 'sm_{arch}'" in log, f"no sm_{arch} code for {name}"
+    spills = [line for line in log.splitlines() if re.search(r"[1-9]\d* bytes spill (stores|loads)", line)]
+    assert not spills, "\n".join(spills)
+    stack = [line for line in log.splitlines() if re.search(r"[1-9]\d* bytes stack frame", line)]
+    assert not stack, "\n".join(stack)
+
+
+def test_nvrtc_source_is_self_contained_and_compiles(tmp_path):
+    """What the loader hands NVRTC (local includes inlined) compiles on its own."""
+    for name in KERNEL_FILES:
+        source = read_source(name)
+        assert '#include "' not in source
+        (tmp_path / name).write_text(source)
+    jobs = [Nvcc("-cubin", "-arch=sm_90", "-DWENET_INSTANTIATE_ALL", name, "-o", f"{name}.cubin", cwd=tmp_path)
+            for name in KERNEL_FILES]
+    for job in jobs:
+        returncode, log = job.finish()
+        assert returncode == 0, log
+
+
+HOST_PROGRAM = r"""
+#include "relpos_attention.cu"
+#include "layernorm.cu"
+#include <cstdio>
+int main() {
+    std::printf("rows_per_block %d\n", wenet::kLayerNormRowsPerBlock);
+    std::printf("attn %d %d %d %d\n", wenet::kAttnBlockM, wenet::kAttnBlockN, wenet::kAttnThreads, wenet::kAttnPad);
+    std::printf("mma %d %d %d %d\n", wenet::kMmaWarps, wenet::kMmaBlockN, wenet::kMmaPad, wenet::kMmaStages);
+    for (int dk = 16; dk <= 128; dk += 16)
+        std::printf("smem %d %d %d\n", dk, wenet::relpos_attention_smem_bytes(dk), wenet::relpos_attention_mma_smem_bytes(dk));
+    return 0;
+}
+"""
+
+
+def test_launch_constants_mirror_the_cuda_source(tmp_path):
+    (tmp_path / "constants.cu").write_text(HOST_PROGRAM)
+    job = Nvcc("-arch=sm_80", f"-I{KERNEL_DIR}", "constants.cu", "-o", "constants", cwd=tmp_path)
+    returncode, log = job.finish()
+    assert returncode == 0, log
+    printed = subprocess.run([str(tmp_path / "constants")], capture_output=True, text=True, check=True).stdout
+    lines = [line.split() for line in printed.splitlines()]
+    assert lines[0] == ["rows_per_block", str(launch.LAYERNORM_ROWS_PER_BLOCK)]
+    assert lines[1][1:] == [str(v) for v in (launch.ATTENTION_BLOCK_M, launch.ATTENTION_BLOCK_N,
+                                             launch.ATTENTION_THREADS, launch.ATTENTION_PAD)]
+    assert lines[2][1:] == [str(v) for v in (launch.ATTENTION_MMA_WARPS, launch.ATTENTION_MMA_BLOCK_N,
+                                             launch.ATTENTION_MMA_PAD, launch.ATTENTION_MMA_STAGES)]
+    for _, dk, simt, mma in lines[3:]:
+        assert int(simt) == launch.attention_smem_bytes(int(dk))
+        assert int(mma) == launch.attention_mma_smem_bytes(int(dk))
+    # WeNet's d_k = 64 fits the 99 KB per block of sm_86/sm_89 in both kernels.
+    assert launch.attention_smem_bytes(64) <= 99 * 1024 and launch.attention_mma_smem_bytes(64) <= 99 * 1024
