@@ -242,6 +242,15 @@ def test_bad_config_values(override, message):
         merge_config(aishell_config(), override)
 
 
+def test_export_is_deterministic(tiny_model, tmp_path):
+    """Same config and seed, same bytes: a cache entry can be rebuilt anywhere and compared by hash."""
+    from tools.export_wenet import export
+
+    export("tiny", tiny_model.seed, tmp_path / "again", cases=False)
+    for name in ("encoder.onnx", "decoder.onnx"):
+        assert (tmp_path / "again" / name).read_bytes() == (tiny_model.dir / name).read_bytes(), name
+
+
 def test_export_refuses_non_empty_out(tmp_path):
     from tools.export_wenet import export
 
