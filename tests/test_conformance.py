@@ -16,9 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
 import conformance  # noqa: E402
 
-# Layer types the evaluator leaves unimplemented: non-max suppression, KV-cache update and random
-# fills. None of them appears in the WeNet encoder or decoder.
-NOT_NEEDED_BY_WENET = {"NMS", "KV_CACHE_UPDATE", "FILL"}
+# What the evaluator leaves unimplemented among the parser's layers: random fills (Bernoulli). None of them appears in the WeNet encoder or decoder.
+NOT_NEEDED_BY_WENET = {"FILL"}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +36,7 @@ def test_summary_meets_the_bar(report):
     assert not failed, "\n".join(failed)
     assert s["passed"] >= 0.9 * s["accepted"], s
     # every deviation is one of the listed, referenced TensorRT behaviours. The issue asks for fewer
-    # than 2% of accepted; 22 of 905 (2.4%) is over, see docs/evaluator.md
+    # than 2% of accepted; 23 of 905 (2.5%) is over, see docs/evaluator.md
     assert s["deviations"] <= len(conformance.KNOWN_DEVIATIONS), s
 
 

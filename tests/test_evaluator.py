@@ -279,13 +279,13 @@ def test_unimplemented_layer_raises_naming_it(network):
 
 
 def test_unimplemented_layer_type_raises_before_running(network):
-    boxes = network.add_input("boxes", trt.float32, (1, 4, 4))
-    scores = network.add_input("scores", trt.float32, (1, 4, 1))
-    nms = network.add_nms(boxes, scores, constant(network, np.array(2, np.int32)))
-    nms.name = "suppress"
-    network.mark_output(nms.get_output(0))
-    with pytest.raises(UnsupportedLayerError, match=r"layer 'suppress' \(NMS\): layer type NMS is not supported"):
-        evaluate(network, {"boxes": np.zeros((1, 4, 4), np.float32), "scores": np.zeros((1, 4, 1), np.float32)})
+    x = network.add_input("x", trt.float32, (1, 2, 5))
+    bounds = network.add_input("bounds", trt.int32, (1, 2, 1))
+    layer = network.add_ragged_softmax(x, bounds)
+    layer.name = "ragged"
+    network.mark_output(layer.get_output(0))
+    with pytest.raises(UnsupportedLayerError, match=r"layer 'ragged' \(RAGGED_SOFTMAX\): layer type RAGGED_SOFTMAX"):
+        evaluate(network, {"x": np.zeros((1, 2, 5), np.float32), "bounds": np.ones((1, 2, 1), np.int32)})
 
 
 @pytest.mark.parametrize("reverse", [False, True])

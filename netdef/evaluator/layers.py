@@ -966,6 +966,70 @@ def rotary_embedding(layer, ins):
     return [np.concatenate([rotated, rest], axis=-1)]
 
 
+def _iou_matrix(boxes: np.ndarray, center_sizes: bool) -> np.ndarray:
+    """Pairwise IoU of [N, 4] boxes: corner pairs in either order, or (x, y, w, h) centers."""
+    if center_sizes:
+        xc, yc, w, h = boxes.T
+        x1, x2, y1, y2 = xc - w / 2, xc + w / 2, yc - h / 2, yc + h / 2
+    else:
+        a1, b1, a2, b2 = boxes.T  # (y1, x1, y2, x2); any diagonal pair
+        y1, y2 = np.minimum(a1, a2), np.maximum(a1, a2)
+        x1, x2 = np.minimum(b1, b2), np.maximum(b1, b2)
+    area = (x2 - x1) * (y2 - y1)
+    ix = np.clip(np.minimum(x2[:, None], x2[None]) - np.maximum(x1[:, None], x1[None]), 0, None)
+    iy = np.clip(np.minimum(y2[:, None], y2[None]) - np.maximum(y1[:, None], y1[None]), 0, None)
+    inter = ix * iy
+    union = area[:, None] + area[None] - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / union, 0.0)
+
+
+@implements("NMS")
+def nms(layer, ins):
+    """Greedy per (batch, class) suppression; rows ordered by batch, then by decreasing score
+    (TensorRT's documented order: classes interleave by score, not class after class)."""
+    boxes, scores = compute_float(ins[0]).astype(np.float64), compute_float(ins[1]).astype(np.float64)
+    limit = int(np.asarray(ins[2]).reshape(()))
+    iou_threshold = float(np.asarray(ins[3]).reshape(())) if optional_input(ins, 3) is not None else 0.0
+    score_threshold = float(np.asarray(ins[4]).reshape(())) if optional_input(ins, 4) is not None else 0.0
+    center = enum_name(layer.bounding_box_format) == "CENTER_SIZES"
+    rows = []
+    for b in range(scores.shape[0]):
+        picked = []
+        for c in range(scores.shape[2]):
+            class_boxes = boxes[b] if boxes.ndim == 3 else boxes[b, :, c]
+            iou = _iou_matrix(class_boxes, center)
+            order = np.argsort(-scores[b, :, c], kind="stable")
+            chosen: list[int] = []
+            for i in order:
+                if len(chosen) >= limit or scores[b, i, c] <= score_threshold:
+                    break
+                if all(iou[i, j] <= iou_threshold for j in chosen):
+                    chosen.append(int(i))
+            picked += [(-scores[b, i, c], c, rank, i) for rank, i in enumerate(chosen)]
+        rows += [(b, c, i) for _, c, _, i in sorted(picked)]
+    selected = np.array(rows, dtype=np.int64).reshape(-1, 3)
+    return [selected, np.array(len(rows), dtype=np.int32)]
+
+
+@implements("KV_CACHE_UPDATE")
+def kv_cache_update(layer, ins):
+    """Write update [B, H, S_new, D] into cache [B, H, S_max, D] at each sequence's write index."""
+    cache, update, write_at = ins[0], ins[1], ins[2].astype(np.int64)
+    mode = enum_name(layer.cache_mode)
+    form = enum_name(layer.update_form) if hasattr(layer, "update_form") else "PADDED_BHND"
+    if mode != "LINEAR" or form != "PADDED_BHND":
+        raise UnsupportedLayerError(layer, f"cache mode {mode} with update form {form}")
+    out = cache.copy()
+    steps = update.shape[2]
+    for b in range(cache.shape[0]):  # one slice assignment per sequence
+        start = int(write_at[b])
+        if not 0 <= start <= cache.shape[2] - steps:
+            raise EvaluationError(f"layer '{layer.name}': write index {start} of sequence {b} leaves the cache")
+        out[b, :, start:start + steps] = update[b]
+    return [out]
+
+
 # ---------------------------------------------------------------- attention and plugins
 
 
