@@ -23,12 +23,12 @@ from .encoder import ENCODER_OUTPUTS, encoder_network
 from .engine import PlanInfo, build_plan, source_entry, write_manifest
 from .precision import PrecisionPolicy
 from .profiles import ProfileSpec, subsampled_length
+from plugins.names import PLUGIN_CHOICES  # noqa: E402 - importable without TensorRT or CUDA
 
 log = logging.getLogger("netdef")
 
 NETWORKS = ("encoder", "decoder")
 KNOWN_OUTPUTS = {"encoder": ENCODER_OUTPUTS, "decoder": DECODER_OUTPUTS}
-PLUGIN_CHOICES = ("layernorm", "attention")
 
 
 class UsageError(ValueError):
@@ -45,6 +45,7 @@ class NetworkDefinition:
     ranges: dict
     policy: PrecisionPolicy
     outputs: tuple[str, ...]
+    plugins: tuple[str, ...] = ()
     keepalive: list = field(default_factory=list, repr=False)
 
     @property
@@ -77,12 +78,34 @@ def split_outputs(requested: list[str] | None, config: dict) -> dict[str, tuple[
     return {n: tuple(o for o in KNOWN_OUTPUTS[n] if o in chosen[n]) or available[n] for n in NETWORKS}
 
 
-def define_network(name: str, weights, policy: PrecisionPolicy, profile: ProfileSpec, outputs: tuple[str, ...]) -> NetworkDefinition:
-    """Define the encoder or decoder network from extracted weights (a weights.loader.ModelWeights)."""
+def check_plugins(plugins) -> tuple[str, ...]:
+    """Known plugin choices, on a backend with plugin layers; registers the plugin creators."""
+    plugins = tuple(plugins)
+    for p in plugins:
+        if p not in PLUGIN_CHOICES:
+            raise UsageError(f"--plugins: unknown plugin '{p}'; expected a comma list of {', '.join(PLUGIN_CHOICES)}")
+    if plugins:
+        if not HAS_PLUGIN_V3:
+            raise UsageError(f"--plugins: {describe()} has no plugin layers (no add_plugin_v3); plugins need full TensorRT (10.x or 11.x)")
+        from plugins.cpu_reference import register_cpu_references
+        from plugins.trt_plugins import register_plugins
+
+        register_plugins()
+        register_cpu_references()  # so --verify evaluates plugin layers with the kernels' references
+    return plugins
+
+
+def define_network(name: str, weights, policy: PrecisionPolicy, profile: ProfileSpec, outputs: tuple[str, ...],
+                   plugins: tuple[str, ...] = ()) -> NetworkDefinition:
+    """Define the encoder or decoder network from extracted weights (a weights.loader.ModelWeights).
+
+    plugins: "layernorm" (WenetLayerNorm, fused with the residual add before it) and "attention"
+    (WenetRelPosAttention, the encoder's attention) replace native layers; full TensorRT only.
+    """
     config = weights.config
     builder = trt.Builder(trt_logger())
     network = create_network(builder)
-    with F.building(network, policy) as ctx:
+    with F.building(network, policy, check_plugins(plugins)) as ctx:
         if name == "encoder":
             encoder_network(weights.encoder, config, subsampled_length(profile.frames[2]), outputs)
             ranges = profile.encoder_ranges(config["encoder"]["input_dim"])
@@ -91,7 +114,7 @@ def define_network(name: str, weights, policy: PrecisionPolicy, profile: Profile
             ranges = profile.decoder_ranges(config["decoder"]["output_size"])
         else:
             raise UsageError(f"unknown network '{name}'; expected one of {NETWORKS}")
-    return NetworkDefinition(name, builder, network, ranges, policy, outputs, ctx.keepalive)
+    return NetworkDefinition(name, builder, network, ranges, policy, outputs, tuple(plugins), ctx.keepalive)
 
 
 def make_policy(fp16: bool, fp32_patterns: list[str] = (), fp16_patterns: list[str] = ()) -> PrecisionPolicy:
@@ -100,7 +123,7 @@ def make_policy(fp16: bool, fp32_patterns: list[str] = (), fp16_patterns: list[s
 
 
 def build_networks(weights, fp16: bool = False, *, profile: ProfileSpec | None = None, policy: PrecisionPolicy | None = None,
-                   outputs: list[str] | None = None, networks=NETWORKS) -> dict[str, NetworkDefinition]:
+                   outputs: list[str] | None = None, networks=NETWORKS, plugins=()) -> dict[str, NetworkDefinition]:
     """Define the netdef networks (no build): {"encoder": NetworkDefinition, "decoder": ...}.
 
     `weights` is a weights.loader.ModelWeights or a weights directory.
@@ -113,18 +136,18 @@ def build_networks(weights, fp16: bool = False, *, profile: ProfileSpec | None =
     profile.validate()
     policy = policy or make_policy(fp16)
     per_network = split_outputs(outputs, weights.config)
-    return {n: define_network(n, weights, policy, profile, per_network[n]) for n in networks}
+    return {n: define_network(n, weights, policy, profile, per_network[n], tuple(plugins)) for n in networks}
 
 
 def build_engines(weights, out_dir: Path, fp16: bool = False, *, profile: ProfileSpec | None = None,
                   policy: PrecisionPolicy | None = None, outputs: list[str] | None = None, networks=NETWORKS,
-                  quiet: bool = False) -> Path:
+                  plugins=(), quiet: bool = False) -> Path:
     """Define and build the netdef engines into out_dir; returns the manifest's path."""
     from weights.loader import load_weights
 
     if not hasattr(weights, "config"):
         weights = load_weights(weights)
-    definitions = build_networks(weights, fp16, profile=profile, policy=policy, outputs=outputs, networks=networks)
+    definitions = build_networks(weights, fp16, profile=profile, policy=policy, outputs=outputs, networks=networks, plugins=plugins)
     plans: list[PlanInfo] = []
     for name, d in definitions.items():
         if not quiet:
@@ -134,7 +157,7 @@ def build_engines(weights, out_dir: Path, fp16: bool = False, *, profile: Profil
         plans.append(info)
     sources = {f: source_entry(Path(weights.dir) / f) for f in ("config.json", "encoder.safetensors", "decoder.safetensors")}
     return write_manifest(Path(out_dir), kind="netdef", precision="fp16" if fp16 else "fp32", plans=plans, sources=sources,
-                          extra={"precision_policy": definitions[next(iter(definitions))].policy.to_json()})
+                          extra={"precision_policy": definitions[next(iter(definitions))].policy.to_json(), "plugins": list(plugins)})
 
 
 def _triple(text: str, flag: str) -> tuple[int, int, int]:
@@ -196,12 +219,9 @@ def _run(args) -> int:
     for n in networks:
         if n not in NETWORKS:
             raise UsageError(f"--networks: unknown network '{n}'; expected a comma list of {', '.join(NETWORKS)}")
-    plugins = [p.strip() for p in args.plugins.split(",") if p.strip()]
-    for p in plugins:
-        if p not in PLUGIN_CHOICES:
-            raise UsageError(f"--plugins: unknown plugin '{p}'; expected a comma list of {', '.join(PLUGIN_CHOICES)}")
-    if plugins and not HAS_PLUGIN_V3:
-        raise UsageError(f"--plugins: {describe()} has no plugin layers (no add_plugin_v3); plugins need full TensorRT (10.x or 11.x)")
+    plugins = check_plugins(p.strip() for p in args.plugins.split(",") if p.strip())
+    if plugins and args.parser:
+        raise UsageError("--plugins applies to netdef builds, not to the --parser baseline")
     profile = ProfileSpec(batch=args.batch, frames=args.frames, encoder_out_frames=args.encoder_out_frames, hyp_len=args.hyp_len)
     profile.validate()
     outputs = [o.strip() for o in args.outputs.split(",") if o.strip()] if args.outputs else None
@@ -226,14 +246,14 @@ def _run(args) -> int:
 
         weights = load_weights(args.weights or model.weights_dir)
         manifest = build_engines(weights, out, args.fp16, profile=profile, policy=policy, outputs=outputs,
-                                 networks=networks, quiet=args.quiet)
+                                 networks=networks, plugins=plugins, quiet=args.quiet)
     print(f"[netdef] wrote {manifest} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
 
     if args.verify:
         from .verify import print_table, verify_build
 
         report = verify_build(manifest, model=model, weights_dir=args.weights, policy=policy,
-                              profile=profile, outputs=outputs, cases_path=args.cases)
+                              profile=profile, outputs=outputs, plugins=plugins, cases_path=args.cases)
         print_table(report)
         return 0 if report["all_pass"] else 1
     return 0

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import functional as F
 from .backend import trt
-from .modules import Params, additive_mask, attend, feed_forward, head_slices, length_mask, merge_heads, norm, residual_add, split_heads
+from .modules import Params, add_norm, additive_mask, attend, feed_forward, head_slices, length_mask, merge_heads, norm, residual_add, split_heads
 
 DECODER_OUTPUTS = ("decoder_out", "best_index")
 
@@ -64,18 +64,22 @@ def source_attention(x: F.Tensor, memory: F.Tensor, p: Params, batch: F.Tensor, 
 
 
 def decoder_layer(x, memory, p: Params, dims: dict, masks: dict, cfg: dict) -> F.Tensor:
-    """DecoderLayer (normalize_before, no concat_after): self-attn, source-attn, feed-forward."""
+    """DecoderLayer (normalize_before, no concat_after), residual adds fused with the next LayerNorm:
+
+        x += self_attn(norm1(x));  x += src_attn(norm2(x), encoder_out);  x += ffn(norm3(x))
+    """
     eps, heads = cfg["layer_norm_eps"], cfg["attention_heads"]
     x = F.to_compute(x)
+    y = norm(x, p, "norm1", eps)
     with F.scope("self_attn"):
-        y = norm(x, p, "norm1", eps)
-        x = residual_add(x, self_attention(y, p.sub("self_attn"), dims["hyps"], dims["length"], masks["self"], heads))
+        delta = self_attention(y, p.sub("self_attn"), dims["hyps"], dims["length"], masks["self"], heads)
+    x, y = add_norm(x, delta, p, "norm2", eps)
     with F.scope("src_attn"):
-        y = norm(x, p, "norm2", eps)
-        x = residual_add(x, source_attention(y, F.to_compute(memory), p.sub("src_attn"), dims["batch"], dims["queries"], dims["frames"], masks["source"], heads))
+        delta = source_attention(y, F.to_compute(memory), p.sub("src_attn"), dims["batch"], dims["queries"], dims["frames"], masks["source"], heads)
+    x, y = add_norm(x, delta, p, "norm3", eps)
     with F.scope("feed_forward"):
-        x = residual_add(x, feed_forward(norm(x, p, "norm3", eps), p.sub("feed_forward"), F.relu))
-    return x
+        delta = feed_forward(y, p.sub("feed_forward"), F.relu)
+    return residual_add(x, delta)
 
 
 def rescoring_score(log_probs: F.Tensor, hyps_pad: F.Tensor, visible: F.Tensor, ctc_score: F.Tensor, dims: dict, beam: int, ctc_weight: float) -> F.Tensor:

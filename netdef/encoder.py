@@ -24,6 +24,7 @@ from .backend import trt
 from .modules import (
     Params,
     Seq,
+    add_norm,
     additive_mask,
     attend,
     feed_forward,
@@ -31,7 +32,6 @@ from .modules import (
     length_mask,
     merge_heads,
     norm,
-    residual_add,
     split_heads,
 )
 
@@ -67,29 +67,42 @@ def subsampling(x: F.Tensor, p: Params, d_model: int) -> tuple[F.Tensor, F.Tenso
         return x, frames
 
 
-def rel_pos_attention(x: F.Tensor, p: Params, pos_table: np.ndarray, seq: Seq, mask_bias: F.Tensor, heads: int) -> F.Tensor:
+def rel_pos_attention(x: F.Tensor, p: Params, pos_table: np.ndarray, seq: Seq, masks: dict, heads: int) -> F.Tensor:
     """RelPositionMultiHeadedAttention without rel_shift (this WeNet version):
 
     scores = ((q + u) k^T + (q + v) p^T) / sqrt(d_k), p = linear_pos(pos_emb[:T']) per head.
     """
     d_model = x.shape[1]
     d_k = d_model // heads
-    s = 1.0 / math.sqrt(d_k)
-    wq, bq = p["linear_q.weight"], p["linear_q.bias"]
-    u, v = p["pos_bias_u"].reshape(-1), p["pos_bias_v"].reshape(-1)
-    weight = np.concatenate([wq * s, wq * s, p["linear_k.weight"], p["linear_v.weight"]])
-    bias = np.concatenate([(bq + u) * s, (bq + v) * s, p["linear_k.bias"], p["linear_v.bias"]])
-    qkv = split_heads(F.linear(x, weight, bias, op="qkv."), seq.batch, seq.frames, 4 * heads, d_k)
-    q_u, q_v, k, val = head_slices(qkv, 4, heads, F.shape_tensor([seq.batch, heads, seq.frames, d_k]))
-
     # This block's position projection, precomputed for T'max positions: [1, H, T'max, d_k].
     proj = (pos_table @ p["linear_pos.weight"].T).reshape(1, -1, heads, d_k).transpose(0, 2, 1, 3)
     pos = F.slice(F.constant(proj, op="pos_proj"), [0, 0, 0, 0], [1, heads, seq.frames, d_k])
-
-    with F.scope("scores"):
-        scores = F.matmul(q_u, k, transpose_b=True) + F.matmul(q_v, F.cast(pos, q_v.dtype), transpose_b=True)
-    out = merge_heads(attend(scores, mask_bias, val), d_model)
+    if F.uses_plugin("attention"):
+        out = _rel_pos_attention_plugin(x, p, pos, seq, masks["lengths"], heads)
+    else:
+        s = 1.0 / math.sqrt(d_k)
+        wq, bq = p["linear_q.weight"], p["linear_q.bias"]
+        u, v = p["pos_bias_u"].reshape(-1), p["pos_bias_v"].reshape(-1)
+        weight = np.concatenate([wq * s, wq * s, p["linear_k.weight"], p["linear_v.weight"]])
+        bias = np.concatenate([(bq + u) * s, (bq + v) * s, p["linear_k.bias"], p["linear_v.bias"]])
+        qkv = split_heads(F.linear(x, weight, bias, op="qkv."), seq.batch, seq.frames, 4 * heads, d_k)
+        q_u, q_v, k, val = head_slices(qkv, 4, heads, F.shape_tensor([seq.batch, heads, seq.frames, d_k]))
+        with F.scope("scores"):
+            scores = F.matmul(q_u, k, transpose_b=True) + F.matmul(q_v, F.cast(pos, q_v.dtype), transpose_b=True)
+        out = merge_heads(attend(scores, masks["attention"], val), d_model)
     return F.linear(out, p["linear_out.weight"], p["linear_out.bias"], op="linear_out.")
+
+
+def _rel_pos_attention_plugin(x: F.Tensor, p: Params, pos: F.Tensor, seq: Seq, lengths: F.Tensor, heads: int) -> F.Tensor:
+    """The same attention as one WenetRelPosAttention plugin layer (pos_bias and 1/sqrt(d_k) inside it)."""
+    d_model = x.shape[1]
+    weight = np.concatenate([p["linear_q.weight"], p["linear_k.weight"], p["linear_v.weight"]])
+    bias = np.concatenate([p["linear_q.bias"], p["linear_k.bias"], p["linear_v.bias"]])
+    qkv = F.reshape(F.linear(x, weight, bias, op="qkv."), [seq.batch, seq.frames, 3 * d_model])
+    size = F.shape_tensor([seq.batch, seq.frames, d_model])
+    q, k, v = (F.slice(qkv, [0, 0, i * d_model], size) for i in range(3))
+    out = F.rel_pos_attention_plugin(q, k, v, pos, p["pos_bias_u"], p["pos_bias_v"], lengths, heads)
+    return F.reshape(out, [-1, d_model])
 
 
 def fold_batch_norm(p: Params, eps: float | None) -> tuple[np.ndarray, np.ndarray]:
@@ -121,22 +134,31 @@ def conv_module(x: F.Tensor, p: Params, seq: Seq, frame_mask: F.Tensor, bn_eps: 
 
 
 def conformer_block(x, p: Params, pos_table, seq: Seq, masks: dict, cfg: dict) -> F.Tensor:
-    """ConformerEncoderLayer (macaron, normalize_before)."""
+    """ConformerEncoderLayer (macaron, normalize_before). Each residual add is fused with the
+    LayerNorm that follows it (add_norm), which is what the LayerNorm plugin computes in one layer:
+
+        x += 0.5 * ffn_macaron(norm_ff_macaron(x));  x += mhsa(norm_mha(x), pos);
+        x += conv(norm_conv(x));  x += 0.5 * ffn(norm_ff(x));  return norm_final(x)
+    """
     eps = cfg["layer_norm_eps"]
     act = ACTIVATIONS[cfg.get("activation", "swish")]
+    macaron = cfg.get("macaron", True)
     x = F.to_compute(x)
-    if cfg.get("macaron", True):
+    y = norm(x, p, "norm_ff_macaron" if macaron else "norm_mha", eps)
+    if macaron:
         with F.scope("feed_forward_macaron"):
-            x = residual_add(x, feed_forward(norm(x, p, "norm_ff_macaron", eps), p.sub("feed_forward_macaron"), act, 0.5))
+            delta = feed_forward(y, p.sub("feed_forward_macaron"), act, 0.5)
+        x, y = add_norm(x, delta, p, "norm_mha", eps)
     with F.scope("self_attn"):
-        y = norm(x, p, "norm_mha", eps)
-        x = residual_add(x, rel_pos_attention(y, p.sub("self_attn"), pos_table, seq, masks["attention"], cfg["attention_heads"]))
+        delta = rel_pos_attention(y, p.sub("self_attn"), pos_table, seq, masks, cfg["attention_heads"])
+    x, y = add_norm(x, delta, p, "norm_conv", eps)
     with F.scope("conv_module"):
-        y = norm(x, p, "norm_conv", eps)
-        x = residual_add(x, conv_module(y, p.sub("conv_module"), seq, masks["frames"], cfg.get("batch_norm_eps"), act))
+        delta = conv_module(y, p.sub("conv_module"), seq, masks["frames"], cfg.get("batch_norm_eps"), act)
+    x, y = add_norm(x, delta, p, "norm_ff", eps)
     with F.scope("feed_forward"):
-        x = residual_add(x, feed_forward(norm(x, p, "norm_ff", eps), p.sub("feed_forward"), act, 0.5 if cfg.get("macaron", True) else 1.0))
-    return norm(x, p, "norm_final", eps)
+        delta = feed_forward(y, p.sub("feed_forward"), act, 0.5 if macaron else 1.0)
+    _, y = add_norm(x, delta, p, "norm_final", eps)
+    return y
 
 
 def encoder_network(weights: dict[str, np.ndarray], config: dict, max_frames_out: int, outputs=ENCODER_OUTPUTS) -> None:
@@ -160,6 +182,7 @@ def encoder_network(weights: dict[str, np.ndarray], config: dict, max_frames_out
             "attention": additive_mask(F.reshape(visible, [seq.batch, 1, 1, frames]), trt.float32),
         }
         lengths_out = F.minimum(F.floor_div(speech_lengths + 3, 4), F.cast(frames, trt.int32))
+        masks["lengths"] = lengths_out  # what the attention plugin masks keys with
 
     # Sinusoidal table for T'max positions only: what the profile can reach, not max_len 5000.
     pos_table = p["embed.pos_enc.pe"].reshape(-1, d_model)[:max_frames_out]

@@ -31,6 +31,7 @@ class _Context:
     counts: dict[str, int] = field(default_factory=dict)
     keepalive: list[np.ndarray] = field(default_factory=list)  # host arrays TensorRT points at until build
     casts: dict[tuple, "Tensor"] = field(default_factory=dict)  # (tensor name, dtype) -> cast: one cast per pair
+    plugins: frozenset = frozenset()  # which plugin layers replace native ones: {"layernorm", "attention"}
     constants: dict[tuple, "Tensor"] = field(default_factory=dict)  # shared small constants
 
 
@@ -44,9 +45,9 @@ def current() -> _Context:
 
 
 @contextlib.contextmanager
-def building(network, policy) -> Iterator[_Context]:
+def building(network, policy, plugins=()) -> Iterator[_Context]:
     """Make `network` the target of every function here until the block ends."""
-    ctx = _Context(network, policy)
+    ctx = _Context(network, policy, plugins=frozenset(plugins))
     _stack.append(ctx)
     try:
         yield ctx
@@ -67,6 +68,11 @@ def scope(name: str) -> Iterator[str]:
 
 def scope_name() -> str:
     return ".".join(current().scopes)
+
+
+def uses_plugin(kind: str) -> bool:
+    """Whether this build swaps the native layers of `kind` ("layernorm", "attention") for a plugin layer."""
+    return kind in current().plugins
 
 
 def compute_dtype():
@@ -491,3 +497,34 @@ def topk(x: Tensor, k: int, axis: int, largest: bool = True) -> tuple[Tensor, Te
     layer = current().network.add_topk(x.trt, op, k, 1 << (axis % x.ndim))
     _name(layer, "topk")
     return Tensor(layer.get_output(0)), Tensor(layer.get_output(1))
+
+
+# ---- plugin layers (full TensorRT only: TensorRT-RTX has no add_plugin_v3) ----------------------
+
+def layer_norm_plugin(x: Tensor, gamma: np.ndarray, beta: np.ndarray, eps: float, residual: Tensor | None = None) -> list[Tensor]:
+    """WenetLayerNorm plugin: [LN(x)], or [x + residual, LN(x + residual)] fused, in the scope's dtype."""
+    from plugins.trt_plugins import add_layernorm
+
+    x = to_compute(x)
+    residual = to_compute(residual) if residual is not None else None
+    g, b = constant(np.asarray(gamma).reshape(-1), op="gamma"), constant(np.asarray(beta).reshape(-1), op="beta")
+    outs = add_layernorm(current().network, x.trt, g.trt, b.trt, eps=float(eps), residual=residual.trt if residual is not None else None)
+    return _name_plugin(outs, "layer_norm_plugin")
+
+
+def rel_pos_attention_plugin(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, pos_bias_u: np.ndarray, pos_bias_v: np.ndarray,
+                             lengths: Tensor, heads: int) -> Tensor:
+    """WenetRelPosAttention plugin: softmax(((q+u)k^T + (q+v)p^T)/sqrt(d_k), key mask) v in one kernel."""
+    from plugins.trt_plugins import add_rel_pos_attention
+
+    q, k, v, pos = (to_compute(t) for t in (q, k, v, pos))
+    u, w = constant(pos_bias_u, op="pos_bias_u"), constant(pos_bias_v, op="pos_bias_v")
+    out = add_rel_pos_attention(current().network, q.trt, k.trt, v.trt, pos.trt, u.trt, w.trt, lengths.trt, heads=heads)
+    return _name_plugin([out], "rel_pos_attention_plugin")[0]
+
+
+def _name_plugin(itensors, op: str) -> list[Tensor]:
+    """Name the plugin layer (the helpers add exactly one layer: the last) after the current scope."""
+    network = current().network
+    _name(network.get_layer(network.num_layers - 1), op)
+    return [Tensor(t) for t in itensors]

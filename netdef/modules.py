@@ -55,8 +55,22 @@ def residual_add(x: F.Tensor, y: F.Tensor) -> F.Tensor:
 
 
 def norm(x: F.Tensor, p: Params, name: str, eps: float) -> F.Tensor:
+    """LayerNorm `name` (its own scope, so the policy can keep it FP32)."""
     with F.scope(name):
+        if F.uses_plugin("layernorm"):
+            return F.layer_norm_plugin(x, p[f"{name}.weight"], p[f"{name}.bias"], eps)[0]
         return F.layer_norm(x, p[f"{name}.weight"], p[f"{name}.bias"], eps)
+
+
+def add_norm(x: F.Tensor, delta: F.Tensor, p: Params, name: str, eps: float) -> tuple[F.Tensor, F.Tensor]:
+    """(x + delta, LayerNorm(x + delta)): the residual add and the next LayerNorm, which the
+    WenetLayerNorm plugin computes as one layer under --plugins layernorm."""
+    with F.scope(name):
+        if F.uses_plugin("layernorm"):
+            total, normed = F.layer_norm_plugin(delta, p[f"{name}.weight"], p[f"{name}.bias"], eps, residual=x)
+            return F.cast(total, x.dtype), normed
+        total = residual_add(x, delta)
+        return total, F.layer_norm(total, p[f"{name}.weight"], p[f"{name}.bias"], eps)
 
 
 def feed_forward(x: F.Tensor, p: Params, activation, scale: float = 1.0) -> F.Tensor:

@@ -49,13 +49,13 @@ def cases_from_onnx(config: dict, seed: int = 0) -> dict[str, np.ndarray]:
         return make_cases(config, Path(tmp), seed)
 
 
-def compare_network(network_name: str, network, cases, outputs, progress=True) -> list[dict]:
-    """Evaluate one network definition on the 9 cases; metrics for each judged output."""
+def compare_network(network_name: str, network, cases, outputs, progress=True, shapes=HACKATHON_CASES) -> list[dict]:
+    """Evaluate one network definition on the cases (batch, T) in `shapes`; metrics for each judged output."""
     from .evaluator import evaluate
 
     input_names = [network.get_input(i).name for i in range(network.num_inputs)]
     rows = []
-    for batch, frames in HACKATHON_CASES:
+    for batch, frames in shapes:
         start = time.perf_counter()
         got = evaluate(network, case_arrays(cases, network_name, batch, frames, input_names))
         for out in outputs:
@@ -76,7 +76,8 @@ def verify_definitions(definitions: dict, cases, progress=True) -> dict:
     return {"cases": rows, "all_pass": bool(rows) and all(r["pass"] for r in rows)}
 
 
-def verify_build(manifest_path: Path, *, model=None, weights_dir=None, policy=None, profile=None, outputs=None, cases_path=None) -> dict:
+def verify_build(manifest_path: Path, *, model=None, weights_dir=None, policy=None, profile=None, outputs=None, plugins=(),
+                 cases_path=None) -> dict:
     """Re-create the networks a manifest was built from, verify them, write verify.json beside it."""
     manifest = json.loads(Path(manifest_path).read_text())
     out_dir = Path(manifest_path).parent
@@ -87,7 +88,7 @@ def verify_build(manifest_path: Path, *, model=None, weights_dir=None, policy=No
 
         weights = load_weights(weights_dir or model.weights_dir)
         definitions = build_networks(weights, manifest["precision"] == "fp16", profile=profile, policy=policy, outputs=outputs,
-                                     networks=tuple(manifest["engines"]))
+                                     networks=tuple(manifest["engines"]), plugins=plugins)
         config = weights.config
     else:
         from .parser_baseline import parse_onnx

@@ -169,7 +169,8 @@ def slice_(layer, ins):
     given = lambda i, attr: values_of(ins[i]) if optional_input(ins, i) is not None else dims(getattr(layer, attr))
     start, size, stride = given(1, "start"), given(2, "shape"), given(3, "stride")
     axes_value = optional_input(ins, 5)
-    axes = values_of(axes_value) if axes_value is not None else (dims(layer.axes) if layer.axes is not None else None)
+    axes_attr = getattr(layer, "axes", None)  # TensorRT 10 before 10.? has no slice axes
+    axes = values_of(axes_value) if axes_value is not None else (dims(axes_attr) if axes_attr is not None else None)
     if axes is not None:  # start/size/stride name only these axes; the others are kept whole
         full_start, full_size, full_stride = [0] * rank, list(x.shape), [1] * rank
         for a, s0, n, st in zip(axes, start, size, stride):
