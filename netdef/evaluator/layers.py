@@ -79,10 +79,7 @@ def constant(layer, ins):
 
 @implements("IDENTITY")
 def identity(layer, ins):
-    x = ins[0]
-    if x.dtype.kind == "f" or is_float(x):
-        return [compute_float(x)]
-    return [x]
+    return [ins[0]]  # storing converts when the output type differs (an identity used as a cast)
 
 
 @implements("CAST")
@@ -437,7 +434,7 @@ def activation(layer, ins):
         raise UnsupportedLayerError(layer, f"activation {kind}")
     alpha, beta = np.float32(layer.alpha), np.float32(layer.beta)
     with np.errstate(over="ignore"):
-        return [_ACTIVATIONS[kind](x, alpha, beta).astype(x.dtype)]
+        return [_ACTIVATIONS[kind](x, alpha, beta)]
 
 
 @implements("PARAMETRIC_RELU")
