@@ -343,3 +343,31 @@ def test_plugin_registry_lookup_and_errors():
         unregister_plugin_reference("TestScalePlugin", "2", "wenet")
     with pytest.raises(KeyError, match="registered: none|registered: "):
         lookup_plugin_reference("TestScalePlugin", "2", "wenet")
+
+
+def test_plugin_identity_and_fields_read_through_the_plugin_api():
+    """A Python IPluginV3 (as a plugin layer's `.plugin` returns it): name, version and namespace
+    from its CORE capability, fields from its RUNTIME capability's get_fields_to_serialize."""
+    from netdef.evaluator.plugins import plugin_fields, plugin_identity
+
+    class ScalePlugin(trt.IPluginV3, trt.IPluginV3OneCore, trt.IPluginV3OneBuild, trt.IPluginV3OneRuntime):
+        def __init__(self):
+            trt.IPluginV3.__init__(self)
+            trt.IPluginV3OneCore.__init__(self)
+            trt.IPluginV3OneBuild.__init__(self)
+            trt.IPluginV3OneRuntime.__init__(self)
+            self.plugin_name, self.plugin_version, self.plugin_namespace = "TestScalePlugin", "2", "wenet"
+            self.num_outputs = 1
+
+        def get_capability_interface(self, capability):
+            return self
+
+        def get_fields_to_serialize(self):
+            return trt.PluginFieldCollection(
+                [trt.PluginField("factor", np.array([2.5], np.float32), trt.PluginFieldType.FLOAT32)])
+
+    plugin = ScalePlugin()
+    assert plugin_identity(plugin) == ("TestScalePlugin", "2", "wenet")
+    fields = plugin_fields(plugin)
+    assert list(fields) == ["factor"]
+    np.testing.assert_array_equal(fields["factor"], np.array([2.5], np.float32))

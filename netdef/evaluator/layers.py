@@ -19,7 +19,7 @@ from .core import layer_type_name
 import ml_dtypes
 
 from .dtypes import compute_float, is_float, np_dtype, to_dtype, trt_type_name
-from .plugins import lookup_plugin_reference, plugin_fields
+from .plugins import lookup_plugin_reference, plugin_fields, plugin_identity
 
 LAYER_IMPLEMENTATIONS: dict[str, Callable] = {}
 
@@ -1069,22 +1069,11 @@ def attention_output(layer, ins):
 
 
 
-def _plugin_identity(layer):
-    """(name, version, namespace) of a plugin layer's plugin, read through the TensorRT API."""
-    plugin = layer.plugin
-    if layer_type_name(layer) == "PLUGIN_V3":
-        core = plugin.get_capability_interface(trt.PluginCapabilityType.CORE)
-        source = core if core is not None else plugin
-        return str(source.plugin_name), str(source.plugin_version), str(source.plugin_namespace or ""), source
-    return str(plugin.plugin_type), str(plugin.plugin_version), str(plugin.plugin_namespace or ""), plugin
-
-
 @implements("PLUGIN_V3", "PLUGIN_V2")
 def plugin_layer(layer, ins):
-    name, version, namespace, source = _plugin_identity(layer)
+    name, version, namespace = plugin_identity(layer.plugin)
     try:
         reference = lookup_plugin_reference(name, version, namespace)
     except KeyError as exc:
         raise UnsupportedLayerError(layer, exc.args[0]) from None
-    outputs = reference(list(ins), plugin_fields(source))
-    return list(outputs)
+    return list(reference(list(ins), plugin_fields(layer.plugin)))

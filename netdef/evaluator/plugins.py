@@ -56,15 +56,42 @@ def lookup_plugin_reference(name: str, version: str = "1", namespace: str = "") 
         ) from None
 
 
-def plugin_fields(plugin) -> dict[str, object]:
-    """The plugin's fields by name, read through get_fields_to_serialize (IPluginV3 OneCore)."""
-    fields: dict[str, object] = {}
-    getter = getattr(plugin, "get_fields_to_serialize", None)
+def _capability(plugin, kind: str):
+    """The plugin's capability interface `kind` (CORE, RUNTIME), or the plugin itself."""
+    getter = getattr(plugin, "get_capability_interface", None)
     if getter is None:
+        return plugin
+    from ..backend import trt
+
+    try:
+        interface = getter(getattr(trt.PluginCapabilityType, kind))
+    except Exception:  # noqa: BLE001 - a plugin may not offer this capability
+        interface = None
+    return interface if interface is not None else plugin
+
+
+def plugin_identity(plugin) -> tuple[str, str, str]:
+    """(name, version, namespace) of an IPluginV3 (through its CORE capability) or IPluginV2."""
+    core = _capability(plugin, "CORE")
+    if hasattr(core, "plugin_name"):
+        return str(core.plugin_name), str(core.plugin_version), str(core.plugin_namespace or "")
+    return str(plugin.plugin_type), str(plugin.plugin_version), str(plugin.plugin_namespace or "")
+
+
+def plugin_fields(plugin) -> dict[str, object]:
+    """The plugin's fields by name: get_fields_to_serialize of its RUNTIME capability (IPluginV3),
+    else the plugin object's own public attributes (numbers, strings, arrays)."""
+    runtime = _capability(plugin, "RUNTIME")
+    getter = getattr(runtime, "get_fields_to_serialize", None)
+    fields: dict[str, object] = {}
+    if getter is not None:
+        collection = getter()
+        for i in range(len(collection)):
+            field = collection[i]
+            data = field.data
+            fields[field.name] = data.decode() if isinstance(data, (bytes, bytearray)) else np.asarray(data)
         return fields
-    collection = getter()
-    for i in range(len(collection) if hasattr(collection, "__len__") else 0):
-        field = collection[i]
-        data = field.data
-        fields[field.name] = data.decode() if isinstance(data, (bytes, bytearray)) else np.asarray(data)
+    for name, value in vars(plugin).items() if hasattr(plugin, "__dict__") else ():
+        if not name.startswith("_") and isinstance(value, (int, float, str, np.ndarray, list, tuple)):
+            fields[name] = value
     return fields
