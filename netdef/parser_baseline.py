@@ -58,14 +58,15 @@ def _logger() -> "trt.ILogger":
     return trt_logger()
 
 
-def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
-    """FP16 weights and activations, FP32 inputs/outputs, the tool's precision-sensitive ops kept FP32."""
+def convert_to_fp16(model: onnx.ModelProto, fp32_ops: tuple[str, ...] = ()) -> onnx.ModelProto:
+    """FP16 weights and activations, FP32 inputs/outputs, the tool's precision-sensitive ops kept FP32,
+    and `fp32_ops` (ONNX op types) kept FP32 too."""
     from onnxruntime.transformers import float16
 
     return float16.convert_float_to_float16(
         model,
         keep_io_types=True,
-        op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST),
+        op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST) + list(fp32_ops),
     )
 
 
@@ -75,7 +76,7 @@ def fp16_tool() -> str:
     return f"onnxruntime {onnxruntime.__version__} transformers.float16.convert_float_to_float16(keep_io_types=True)"
 
 
-def prepare_model(path: Path, fp16: bool) -> onnx.ModelProto:
+def prepare_model(path: Path, fp16: bool, fp32_ops: tuple[str, ...] = ()) -> onnx.ModelProto:
     """The ONNX model the parser sees: loaded, with the graph fixes applied, FP16-converted if asked."""
     path = Path(path)
     if not path.is_file():
@@ -84,7 +85,7 @@ def prepare_model(path: Path, fp16: bool) -> onnx.ModelProto:
     for fix in GRAPH_FIXES:
         model = fix.apply(model)
     if fp16:
-        model = convert_to_fp16(model)
+        model = convert_to_fp16(model, fp32_ops)
     return model
 
 
@@ -96,9 +97,10 @@ def _parser_errors(parser) -> str:
     return "; ".join(lines) or "no error reported"
 
 
-def parse_onnx(path: Path, fp16: bool):
+def parse_onnx(path: Path, fp16: bool, *, fp32_ops: tuple[str, ...] = ()):
     """Parse an ONNX file into a strongly typed network. Returns (builder, network, parser): the parser
-    owns the network's weights, so keep it alive as long as the network is used."""
+    owns the network's weights, so keep it alive as long as the network is used. With fp16, `fp32_ops`
+    lists ONNX op types to keep FP32 beyond the conversion tool's block list."""
     path = Path(path)
     builder = trt.Builder(_logger())
     network = create_network(builder)
@@ -109,7 +111,7 @@ def parse_onnx(path: Path, fp16: bool):
         ok = parser.parse_from_file(str(path))
     else:
         # Parse from a file (not bytes) so that external data next to it would resolve.
-        model = prepare_model(path, fp16)
+        model = prepare_model(path, fp16, fp32_ops)
         with tempfile.TemporaryDirectory(prefix="parser_baseline.") as tmp:
             tmp_model = Path(tmp) / path.name
             onnx.save(model, str(tmp_model))
@@ -138,7 +140,8 @@ def network_ranges(network_name: str, network, profile: ProfileSpec, path: Path)
     return profile.decoder_ranges(_last_dim(network, "encoder_out", path))
 
 
-def build_parser_engines(onnx_dir: Path, out_dir: Path, *, fp16: bool, profile: ProfileSpec, quiet: bool = False) -> Path:
+def build_parser_engines(onnx_dir: Path, out_dir: Path, *, fp16: bool, profile: ProfileSpec, quiet: bool = False,
+                         fp32_ops: tuple[str, ...] = ()) -> Path:
     """Build out_dir/encoder.plan and decoder.plan from onnx_dir/{encoder,decoder}.onnx with the ONNX
     parser and write out_dir/manifest.json (kind "parser"). Returns the manifest's path."""
     onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
@@ -152,7 +155,7 @@ def build_parser_engines(onnx_dir: Path, out_dir: Path, *, fp16: bool, profile: 
     for name, path in paths.items():
         if not quiet:
             log.info("parsing %s with the %s ONNX parser (%s)", path, describe(), precision)
-        builder, network, parser = parse_onnx(path, fp16)
+        builder, network, parser = parse_onnx(path, fp16, fp32_ops=fp32_ops)
         plans.append(
             build_plan(
                 builder,
@@ -171,6 +174,7 @@ def build_parser_engines(onnx_dir: Path, out_dir: Path, *, fp16: bool, profile: 
             "backend_version": VERSION,
             "graph_fixes": [fix.name for fix in GRAPH_FIXES],
             "fp16_conversion": fp16_tool() if fp16 else None,
+            "fp16_extra_fp32_ops": list(fp32_ops) if fp16 else [],
         }
     }
     sources = {p.name: source_entry(p) for p in paths.values()}

@@ -56,6 +56,12 @@ def test_fp16_conversion_keeps_io_and_the_block_list_fp32(tiny_model):
     assert topk and all(types[n.input[0]] == TensorProto.FLOAT for n in topk), "TopK (in the block list) must stay FP32"
     matmuls = [n for n in converted.graph.node if n.op_type == "MatMul"]
     assert all(types.get(n.output[0]) == TensorProto.FLOAT16 for n in matmuls)
+    # op types the caller names are kept FP32 as well
+    softmax_fp16 = [n for n in converted.graph.node if n.op_type == "LogSoftmax"]
+    assert softmax_fp16 and all(types[n.output[0]] == TensorProto.FLOAT16 for n in softmax_fp16)
+    kept = onnx.shape_inference.infer_shapes(convert_to_fp16(model, fp32_ops=("LogSoftmax",)))
+    kept_types = {v.name: v.type.tensor_type.elem_type for v in [*kept.graph.value_info, *kept.graph.output]}
+    assert all(kept_types[n.output[0]] == TensorProto.FLOAT for n in kept.graph.node if n.op_type == "LogSoftmax")
 
 
 def test_onnxconverter_common_conversion_is_rejected(tiny_model, tmp_path):
@@ -78,6 +84,7 @@ def test_build_writes_plans_and_manifest(tiny_model, tmp_path):
     assert manifest_path == tmp_path / "engines" / "manifest.json"
     assert (manifest["kind"], manifest["precision"], manifest["backend"], manifest["backend_version"]) == ("parser", "fp16", BACKEND_NAME, VERSION)
     assert manifest["parser"]["graph_fixes"] == [] and "onnxruntime" in manifest["parser"]["fp16_conversion"]
+    assert manifest["parser"]["fp16_extra_fp32_ops"] == []
     for name in ("encoder", "decoder"):
         source = tiny_model.encoder_onnx if name == "encoder" else tiny_model.decoder_onnx
         assert manifest["sources"][f"{name}.onnx"]["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
