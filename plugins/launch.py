@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .loader import FLOAT, INT, POINTER, get_kernel
+from .loader import FLOAT, INT, POINTER, get_kernel, multiprocessor_count
 
 LAYERNORM_FILE = "layernorm.cu"
 ATTENTION_FILE = "relpos_attention.cu"
 LAYERNORM_ROWS_PER_BLOCK = 4  # kLayerNormRowsPerBlock in layernorm.cu
-ATTENTION_BLOCK_M = 64        # kAttnBlockM in relpos_attention.cu
-ATTENTION_BLOCK_N = 64        # kAttnBlockN
+ATTENTION_BLOCK_N = 64        # kAttnBlockN in relpos_attention.cu; FP32 blocks hold 16 * R queries
 ATTENTION_THREADS = 256
 ATTENTION_PAD = 4
 ATTENTION_MMA_WARPS = 4       # kMmaWarps: FP16 kernel, 16 query rows per warp
@@ -43,9 +42,9 @@ def check_head_dim(head_dim: int) -> None:
         raise ValueError(f"attention plugin: head size (d_k) must be a positive multiple of 16, got {head_dim}")
 
 
-def attention_smem_bytes(head_dim: int) -> int:
+def attention_smem_bytes(head_dim: int, rows_per_thread: int = 4) -> int:
     """Mirror of relpos_attention_smem_bytes() in relpos_attention.cu."""
-    m, n, pad = ATTENTION_BLOCK_M, ATTENTION_BLOCK_N, ATTENTION_PAD
+    m, n, pad = 16 * rows_per_thread, ATTENTION_BLOCK_N, ATTENTION_PAD
     kprob = max(head_dim * (n + pad), n * (m + pad))
     return 4 * (2 * head_dim * (m + pad) + kprob + head_dim * (n + pad) + n * (head_dim + pad))
 
@@ -54,6 +53,16 @@ def attention_mma_smem_bytes(head_dim: int) -> int:
     """Mirror of relpos_attention_mma_smem_bytes() in relpos_attention.cu."""
     n, pad = ATTENTION_MMA_BLOCK_N, ATTENTION_MMA_PAD
     return 2 * ATTENTION_MMA_STAGES * 3 * n * (head_dim + pad)
+
+
+def attention_rows_per_thread(batch: int, seq_len: int, heads: int, multiprocessors: int) -> int:
+    """R for the FP32 kernel: the largest of 4, 2, 1 whose grid fills at least half the multiprocessors
+    (measured on the H100, tools/bench_kernels.py's sweep: R = 4 reuses shared loads best, but a small
+    batch needs the blocks; 1x256 -> R 1, 4x256 and 16x64 -> R 2, 16x256 and 64x1024 -> R 4)."""
+    for rows in (4, 2):
+        if 2 * batch * heads * -(-seq_len // (16 * rows)) >= multiprocessors:
+            return rows
+    return 1
 
 
 def layernorm(x, residual, gamma, beta, out_sum, out_norm, *, rows: int, dim: int, eps: float, dtype, stream: int = 0):
@@ -82,7 +91,7 @@ def layernorm(x, residual, gamma, beta, out_sum, out_norm, *, rows: int, dim: in
 
 
 def relpos_attention(q, k, v, p, pos_bias_u, pos_bias_v, lengths, out, *, batch: int, seq_len: int, heads: int,
-                     head_dim: int, dtype, stream: int = 0):
+                     head_dim: int, dtype, stream: int = 0, rows_per_thread: int | None = None):
     """out [B*T, H*dk] = softmax(((q+u)k^T + (q+v)p^T)/sqrt(dk), keys < lengths[b]) v, per batch and head."""
     check_head_dim(head_dim)
     if heads <= 0:
@@ -95,9 +104,11 @@ def relpos_attention(q, k, v, p, pos_bias_u, pos_bias_v, lengths, out, *, batch:
         kernel = get_kernel(ATTENTION_FILE, f"wenet::relpos_attention_mma_kernel<{head_dim}>", smem)
         rows_per_block, threads = 16 * ATTENTION_MMA_WARPS, 32 * ATTENTION_MMA_WARPS
     else:
-        smem = attention_smem_bytes(head_dim)
-        kernel = get_kernel(ATTENTION_FILE, f"wenet::relpos_attention_kernel<{_ctype(dtype)},{head_dim}>", smem)
-        rows_per_block, threads = ATTENTION_BLOCK_M, ATTENTION_THREADS
+        _ctype(dtype)
+        rows = rows_per_thread or attention_rows_per_thread(batch, seq_len, heads, multiprocessor_count())
+        smem = attention_smem_bytes(head_dim, rows)
+        kernel = get_kernel(ATTENTION_FILE, f"wenet::relpos_attention_kernel<float,{head_dim},{rows}>", smem)
+        rows_per_block, threads = 16 * rows, ATTENTION_THREADS
     grid = ((seq_len + rows_per_block - 1) // rows_per_block, heads, batch)
     kernel.launch(
         grid,

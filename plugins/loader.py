@@ -162,6 +162,20 @@ def max_dynamic_shared_bytes() -> int:
     return check(driver.cuDeviceGetAttribute(attr, device), "cuDeviceGetAttribute")
 
 
+_multiprocessors: dict[int, int] = {}
+
+
+def multiprocessor_count() -> int:
+    """Multiprocessors of the current context's device (cached per device)."""
+    driver = _driver()
+    device = check(driver.cuCtxGetDevice(), "cuCtxGetDevice")
+    key = int(device)
+    if key not in _multiprocessors:
+        attr = driver.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT
+        _multiprocessors[key] = check(driver.cuDeviceGetAttribute(attr, device), "cuDeviceGetAttribute")
+    return _multiprocessors[key]
+
+
 @dataclass
 class Kernel:
     """One loaded kernel: launch it with (value, ctypes type) pairs."""

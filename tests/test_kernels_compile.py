@@ -75,10 +75,12 @@ HOST_PROGRAM = r"""
 #include <cstdio>
 int main() {
     std::printf("rows_per_block %d\n", wenet::kLayerNormRowsPerBlock);
-    std::printf("attn %d %d %d %d\n", wenet::kAttnBlockM, wenet::kAttnBlockN, wenet::kAttnThreads, wenet::kAttnPad);
+    std::printf("attn %d %d %d\n", wenet::kAttnBlockN, wenet::kAttnThreads, wenet::kAttnPad);
     std::printf("mma %d %d %d %d\n", wenet::kMmaWarps, wenet::kMmaBlockN, wenet::kMmaPad, wenet::kMmaStages);
     for (int dk = 16; dk <= 128; dk += 16)
-        std::printf("smem %d %d %d\n", dk, wenet::relpos_attention_smem_bytes(dk), wenet::relpos_attention_mma_smem_bytes(dk));
+        for (int rows = 1; rows <= 4; rows *= 2)
+            std::printf("smem %d %d %d %d\n", dk, rows, wenet::relpos_attention_smem_bytes(dk, rows),
+                        wenet::relpos_attention_mma_smem_bytes(dk));
     return 0;
 }
 """
@@ -92,12 +94,12 @@ def test_launch_constants_mirror_the_cuda_source(tmp_path):
     printed = subprocess.run([str(tmp_path / "constants")], capture_output=True, text=True, check=True).stdout
     lines = [line.split() for line in printed.splitlines()]
     assert lines[0] == ["rows_per_block", str(launch.LAYERNORM_ROWS_PER_BLOCK)]
-    assert lines[1][1:] == [str(v) for v in (launch.ATTENTION_BLOCK_M, launch.ATTENTION_BLOCK_N,
-                                             launch.ATTENTION_THREADS, launch.ATTENTION_PAD)]
+    assert lines[1][1:] == [str(v) for v in (launch.ATTENTION_BLOCK_N, launch.ATTENTION_THREADS, launch.ATTENTION_PAD)]
     assert lines[2][1:] == [str(v) for v in (launch.ATTENTION_MMA_WARPS, launch.ATTENTION_MMA_BLOCK_N,
                                              launch.ATTENTION_MMA_PAD, launch.ATTENTION_MMA_STAGES)]
-    for _, dk, simt, mma in lines[3:]:
-        assert int(simt) == launch.attention_smem_bytes(int(dk))
+    assert len(lines) == 3 + 8 * 3
+    for _, dk, rows, simt, mma in lines[3:]:
+        assert int(simt) == launch.attention_smem_bytes(int(dk), int(rows))
         assert int(mma) == launch.attention_mma_smem_bytes(int(dk))
     # WeNet's d_k = 64 fits the 99 KB per block of sm_86/sm_89 in both kernels.
     assert launch.attention_smem_bytes(64) <= 99 * 1024 and launch.attention_mma_smem_bytes(64) <= 99 * 1024

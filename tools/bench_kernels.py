@@ -174,20 +174,20 @@ def attn_inputs(batch, seq, dtype, lengths=None):
     return q, k, v, p, u, w, torch.as_tensor(lengths, dtype=torch.int32).cuda()
 
 
-def attn_plugin(q, k, v, p, u, w, lengths, out):
+def attn_plugin(q, k, v, p, u, w, lengths, out, rows_per_thread=None):
     batch = lengths.shape[0]
     launch.relpos_attention(
         q.data_ptr(), k.data_ptr(), v.data_ptr(), p.data_ptr(), u.data_ptr(), w.data_ptr(), lengths.data_ptr(),
         out.data_ptr(), batch=batch, seq_len=q.shape[0] // batch, heads=HEADS, head_dim=HEAD_DIM,
-        dtype=np.dtype(str(q.dtype).removeprefix("torch.")), stream=stream_handle(),
+        dtype=np.dtype(str(q.dtype).removeprefix("torch.")), stream=stream_handle(), rows_per_thread=rows_per_thread,
     )
 
 
-def check_attention(batch, seq, dtype_name, lengths=None) -> dict:
+def check_attention(batch, seq, dtype_name, lengths=None, rows_per_thread=None) -> dict:
     dtype = DTYPES[dtype_name]
     q, k, v, p, u, w, lengths = attn_inputs(batch, seq, dtype, lengths)
     out = torch.full_like(q, float("nan"))
-    attn_plugin(q, k, v, p, u, w, lengths, out)
+    attn_plugin(q, k, v, p, u, w, lengths, out, rows_per_thread)
     torch.cuda.synchronize()
     # Each sequence is independent: the float64 reference runs on a few of them for large batches.
     picks = sorted({0, batch - 1, *range(0, batch, max(1, batch // REF_BATCHES_MAX))})[:REF_BATCHES_MAX + 1]
@@ -196,7 +196,8 @@ def check_attention(batch, seq, dtype_name, lengths=None) -> dict:
                                           lengths.cpu().numpy()[picks], HEADS)
     err = rel_err(rows(out), ref)
     unwritten = int(torch.isnan(out).sum())  # every row, padded or not, must be written
-    return {"kernel": "relpos_attention", "dtype": dtype_name, "batch": batch, "seq": seq,
+    name = "relpos_attention" + (f" R={rows_per_thread}" if rows_per_thread else "")
+    return {"kernel": name, "dtype": dtype_name, "batch": batch, "seq": seq,
             "lengths": lengths.cpu().tolist() if batch <= 16 else "random", "checked_batches": picks,
             "rel_err": {"out": err}, "unwritten": unwritten, "ok": err <= LIMITS[dtype_name] and unwritten == 0}
 
@@ -244,6 +245,20 @@ def time_attention(batch, seq, dtype_name, bandwidth) -> dict:
             "lengths": lengths.cpu().tolist() if batch <= 16 else "random", "plugin_us": plugin_us,
             "sdpa_with_bias_total_us": sdpa_total_us, "sdpa_given_bias_us": sdpa_only_us,
             "unfused_us": unfused_us, "floor_us": floor_us}
+
+
+def sweep_rows_per_thread() -> list[dict]:
+    """FP32 attention time for each block size R, to check the launcher's choice."""
+    rows_out = []
+    print(f"\nFP32 attention, us by rows per thread R (launcher: the largest R whose grid fills half the SMs)")
+    for batch, seq in [(1, 256), (4, 256), (16, 256), (16, 64), (64, 1024)]:
+        q, k, v, p, u, w, lengths = attn_inputs(batch, seq, torch.float32)
+        out = torch.empty_like(q)
+        times = {r: graph_time_us(lambda: attn_plugin(q, k, v, p, u, w, lengths, out, r)) for r in (1, 2, 4)}
+        picked = launch.attention_rows_per_thread(batch, seq, HEADS, torch.cuda.get_device_properties(0).multi_processor_count)
+        rows_out.append({"batch": batch, "seq": seq, "us_by_rows": times, "picked": picked})
+        print(f"  {batch}x{seq}: " + "  ".join(f"R={r}: {t:.2f}" for r, t in times.items()) + f"   picked R={picked}")
+    return rows_out
 
 
 # ---------------------------------------------------------------------------------------------- plugins
@@ -328,6 +343,9 @@ def run_checks() -> list[dict]:
         results.append(check_layernorm(4 * 64, MODEL_DIM, dtype_name, residual=False))
         # A sequence of length 0 (zeros), lengths of 1 and lengths just past a key tile.
         results.append(check_attention(4, 130, dtype_name, lengths=[0, 1, 65, 130]))
+    for rows in (1, 2, 4):  # every FP32 block size, whichever the launcher would pick
+        results.append(check_attention(3, 77, "float32", rows_per_thread=rows))
+        results.append(check_attention(2, 300, "float32", lengths=[300, 131], rows_per_thread=rows))
     return results
 
 
@@ -383,6 +401,7 @@ def main(argv=None) -> int:
                 timings.append(time_attention(batch, seq, dtype_name, bandwidth))
         report["timings"] = timings
         print_timings(timings)
+        report["fp32_rows_per_thread_sweep"] = sweep_rows_per_thread()
 
     if args.json:
         tmp = args.json.with_suffix(".tmp")

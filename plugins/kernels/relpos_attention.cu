@@ -13,32 +13,33 @@
 // length_b are skipped entirely. Both score terms are one dot product of length 2*DK:
 // [q+u, q+v] . [k, p]. Arithmetic is FP32 on the CUDA cores for FP32 and FP16 inputs alike.
 //
-// Threads form a 16 x 16 grid: thread (ty, tx) owns score rows ty*4..ty*4+3 and key columns
+// Threads form a 16 x 16 grid: thread (ty, tx) owns score rows ty*R..ty*R+R-1 and key columns
 // tx*4..tx*4+3 of the tile, and output columns tx*(DK/16).. of the same rows, so the row statistics it
-// needs come from the 16 lanes sharing ty (one half-warp: a shuffle, no shared memory).
+// needs come from the 16 lanes sharing ty (one half-warp: a shuffle, no shared memory). R (rows per
+// thread: 4, 2 or 1) sets the block's 16*R queries: R = 4 reuses shared loads best, smaller R gives
+// small batches more blocks than the GPU has multiprocessors.
 #include "common.cuh"
 
 namespace wenet {
 
-constexpr int kAttnBlockM = 64;   // queries per block
 constexpr int kAttnBlockN = 64;   // keys per tile
 constexpr int kAttnThreads = 256; // 16 x 16
 constexpr int kAttnPad = 4;       // floats of padding per shared row: keeps float4 alignment, spreads banks
 
-// Shared-memory bytes the kernel needs for head size DK (the launcher passes it as dynamic shared memory).
-// The probabilities tile reuses k^T's space: k^T is dead once the tile's scores are in registers. For
-// DK 64 that is 87 KB, under the 99 KB a block may have on sm_86/sm_89.
-__host__ __device__ constexpr int relpos_attention_kprob_floats(int dk) {
-    return dk * (kAttnBlockN + kAttnPad) > kAttnBlockN * (kAttnBlockM + kAttnPad)
+// Shared-memory bytes the kernel needs for head size DK and R rows per thread (the launcher passes it as
+// dynamic shared memory). The probabilities tile reuses k^T's space: k^T is dead once the tile's scores
+// are in registers. For DK 64, R 4 that is 87 KB, under the 99 KB a block may have on sm_86/sm_89.
+__host__ __device__ constexpr int relpos_attention_kprob_floats(int dk, int rows_per_thread) {
+    return dk * (kAttnBlockN + kAttnPad) > kAttnBlockN * (16 * rows_per_thread + kAttnPad)
                ? dk * (kAttnBlockN + kAttnPad)
-               : kAttnBlockN * (kAttnBlockM + kAttnPad);
+               : kAttnBlockN * (16 * rows_per_thread + kAttnPad);
 }
-__host__ __device__ constexpr int relpos_attention_smem_bytes(int dk) {
+__host__ __device__ constexpr int relpos_attention_smem_bytes(int dk, int rows_per_thread) {
     return static_cast<int>(sizeof(float)) *
-           (2 * dk * (kAttnBlockM + kAttnPad)           // (q+u)^T and (q+v)^T: [DK][BlockM]
-            + relpos_attention_kprob_floats(dk)         // k^T [DK][BlockN], then probabilities^T [BlockN][BlockM]
-            + dk * (kAttnBlockN + kAttnPad)             // p^T: [DK][BlockN]
-            + kAttnBlockN * (dk + kAttnPad));           // v: [BlockN][DK]
+           (2 * dk * (16 * rows_per_thread + kAttnPad)              // (q+u)^T and (q+v)^T: [DK][BlockM]
+            + relpos_attention_kprob_floats(dk, rows_per_thread)    // k^T, then probabilities^T [BlockN][BlockM]
+            + dk * (kAttnBlockN + kAttnPad)                         // p^T: [DK][BlockN]
+            + kAttnBlockN * (dk + kAttnPad));                       // v: [BlockN][DK]
 }
 
 // Copies rows [row0, row0 + kRows) x [0, DK) of a row-major matrix (row stride `ld` elements) into
@@ -74,14 +75,15 @@ __device__ __forceinline__ void load_tile(const T* __restrict__ src, size_t ld, 
     }
 }
 
-template <typename T, int DK>
+template <typename T, int DK, int R>
 __global__ void __launch_bounds__(kAttnThreads, 2)
 relpos_attention_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                         const T* __restrict__ p, const T* __restrict__ pos_bias_u,
                         const T* __restrict__ pos_bias_v, const int* __restrict__ lengths,
                         T* __restrict__ out, int seq_len, int heads) {
     static_assert(DK % 16 == 0, "head size must be a multiple of 16");
-    constexpr int kM = kAttnBlockM, kN = kAttnBlockN;
+    static_assert(R == 1 || R == 2 || R == 4, "rows per thread: 1, 2 or 4");
+    constexpr int kM = 16 * R, kN = kAttnBlockN;
     constexpr int kLdM = kM + kAttnPad, kLdN = kN + kAttnPad, kLdD = DK + kAttnPad;
     constexpr int kOutCols = DK / 16;  // output columns per thread
 
@@ -90,7 +92,7 @@ relpos_attention_kernel(const T* __restrict__ q, const T* __restrict__ k, const 
     float* s_qv = s_qu + DK * kLdM;                  // [DK][kLdM]
     float* s_k = s_qv + DK * kLdM;                   // [DK][kLdN]
     float* s_prob = s_k;                             // [kN][kLdM], written once s_k is consumed
-    float* s_p = s_k + relpos_attention_kprob_floats(DK);  // [DK][kLdN]
+    float* s_p = s_k + relpos_attention_kprob_floats(DK, R);  // [DK][kLdN]
     float* s_v = s_p + DK * kLdN;                    // [kN][kLdD]
 
     const int m0 = blockIdx.x * kM;
@@ -112,9 +114,9 @@ relpos_attention_kernel(const T* __restrict__ q, const T* __restrict__ k, const 
     load_tile<T, DK, kM, true>(q_bh, ld, m0, seq_len, pos_bias_u + h * DK, s_qu, kLdM);
     load_tile<T, DK, kM, true>(q_bh, ld, m0, seq_len, pos_bias_v + h * DK, s_qv, kLdM);
 
-    float row_max[4], row_sum[4], acc[4][kOutCols];
+    float row_max[R], row_sum[R], acc[R][kOutCols];
 #pragma unroll
-    for (int r = 0; r < 4; ++r) {
+    for (int r = 0; r < R; ++r) {
         row_max[r] = neg_inf();
         row_sum[r] = 0.f;
 #pragma unroll
@@ -128,28 +130,27 @@ relpos_attention_kernel(const T* __restrict__ q, const T* __restrict__ k, const 
         load_tile<T, DK, kN, false>(v_bh, ld, n0, length, nullptr, s_v, kLdD);
         __syncthreads();
 
-        float score[4][4];
+        float score[R][4];
 #pragma unroll
-        for (int r = 0; r < 4; ++r)
+        for (int r = 0; r < R; ++r)
 #pragma unroll
             for (int c = 0; c < 4; ++c) score[r][c] = 0.f;
 #pragma unroll 8
         for (int d = 0; d < DK; ++d) {
-            const float4 qu = *reinterpret_cast<const float4*>(s_qu + d * kLdM + ty * 4);
-            const float4 qv = *reinterpret_cast<const float4*>(s_qv + d * kLdM + ty * 4);
-            const float4 kk = *reinterpret_cast<const float4*>(s_k + d * kLdN + tx * 4);
-            const float4 pp = *reinterpret_cast<const float4*>(s_p + d * kLdN + tx * 4);
-            const float qu_r[4] = {qu.x, qu.y, qu.z, qu.w}, qv_r[4] = {qv.x, qv.y, qv.z, qv.w};
-            const float k_c[4] = {kk.x, kk.y, kk.z, kk.w}, p_c[4] = {pp.x, pp.y, pp.z, pp.w};
+            float qu_r[R], qv_r[R], k_c[4], p_c[4];
+            load_as_float(s_qu + d * kLdM + ty * R, qu_r);
+            load_as_float(s_qv + d * kLdM + ty * R, qv_r);
+            load_as_float(s_k + d * kLdN + tx * 4, k_c);
+            load_as_float(s_p + d * kLdN + tx * 4, p_c);
 #pragma unroll
-            for (int r = 0; r < 4; ++r)
+            for (int r = 0; r < R; ++r)
 #pragma unroll
                 for (int c = 0; c < 4; ++c) score[r][c] = fmaf(qu_r[r], k_c[c], fmaf(qv_r[r], p_c[c], score[r][c]));
         }
 
         // Online softmax over this tile: masked keys (j >= length) get probability 0.
 #pragma unroll
-        for (int r = 0; r < 4; ++r) {
+        for (int r = 0; r < R; ++r) {
             float tile_max = neg_inf();
 #pragma unroll
             for (int c = 0; c < 4; ++c) {
@@ -172,28 +173,29 @@ relpos_attention_kernel(const T* __restrict__ q, const T* __restrict__ k, const 
         }
         __syncthreads();  // every thread is done reading s_k, whose space s_prob takes
 #pragma unroll
-        for (int c = 0; c < 4; ++c)
-            *reinterpret_cast<float4*>(s_prob + (tx * 4 + c) * kLdM + ty * 4) =
-                make_float4(score[0][c], score[1][c], score[2][c], score[3][c]);
+        for (int c = 0; c < 4; ++c) {
+            float column[R];
+#pragma unroll
+            for (int r = 0; r < R; ++r) column[r] = score[r][c];
+            store_from_float(s_prob + (tx * 4 + c) * kLdM + ty * R, column);
+        }
         __syncthreads();
 
 #pragma unroll 4
         for (int j = 0; j < kN; ++j) {
-            const float4 prob = *reinterpret_cast<const float4*>(s_prob + j * kLdM + ty * 4);
-            const float prob_r[4] = {prob.x, prob.y, prob.z, prob.w};
-            float v_c[kOutCols];
+            float prob_r[R], v_c[kOutCols];
+            load_as_float(s_prob + j * kLdM + ty * R, prob_r);
+            load_as_float(s_v + j * kLdD + tx * kOutCols, v_c);  // one 16-byte load for DK 64
 #pragma unroll
-            for (int c = 0; c < kOutCols; ++c) v_c[c] = s_v[j * kLdD + tx * kOutCols + c];
-#pragma unroll
-            for (int r = 0; r < 4; ++r)
+            for (int r = 0; r < R; ++r)
 #pragma unroll
                 for (int c = 0; c < kOutCols; ++c) acc[r][c] = fmaf(prob_r[r], v_c[c], acc[r][c]);
         }
     }
 
 #pragma unroll
-    for (int r = 0; r < 4; ++r) {
-        const int i = m0 + ty * 4 + r;
+    for (int r = 0; r < R; ++r) {
+        const int i = m0 + ty * R + r;
         if (i >= seq_len) continue;
         const float inv_sum = row_sum[r] > 0.f ? 1.f / row_sum[r] : 0.f;  // length 0: zeros
         float o[kOutCols];
@@ -440,11 +442,13 @@ relpos_attention_mma_kernel(const __half* __restrict__ q, const __half* __restri
 }  // namespace wenet
 
 #ifdef WENET_INSTANTIATE_ALL
-#define WENET_ATTN_INSTANTIATE(T, DK)                                                                        \
-    template __global__ void wenet::relpos_attention_kernel<T, DK>(const T*, const T*, const T*, const T*,   \
-                                                                   const T*, const T*, const int*, T*, int, \
-                                                                   int);
-#define WENET_ATTN_INSTANTIATE_DK(DK) WENET_ATTN_INSTANTIATE(float, DK) WENET_ATTN_INSTANTIATE(__half, DK)
+#define WENET_ATTN_INSTANTIATE(T, DK, R)                                                                     \
+    template __global__ void wenet::relpos_attention_kernel<T, DK, R>(const T*, const T*, const T*, const T*, \
+                                                                      const T*, const T*, const int*, T*,   \
+                                                                      int, int);
+#define WENET_ATTN_INSTANTIATE_DK(DK)                                                                        \
+    WENET_ATTN_INSTANTIATE(float, DK, 4) WENET_ATTN_INSTANTIATE(float, DK, 2) WENET_ATTN_INSTANTIATE(float, DK, 1) \
+    WENET_ATTN_INSTANTIATE(__half, DK, 4)
 WENET_ATTN_INSTANTIATE_DK(16) WENET_ATTN_INSTANTIATE_DK(32) WENET_ATTN_INSTANTIATE_DK(48)
 WENET_ATTN_INSTANTIATE_DK(64) WENET_ATTN_INSTANTIATE_DK(80) WENET_ATTN_INSTANTIATE_DK(96)
 WENET_ATTN_INSTANTIATE_DK(112) WENET_ATTN_INSTANTIATE_DK(128)
