@@ -16,8 +16,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
 import conformance  # noqa: E402
 
-# What the evaluator leaves unimplemented among the parser's layers: random fills (Bernoulli). None of them appears in the WeNet encoder or decoder.
-NOT_NEEDED_BY_WENET = {"FILL"}
+# What the evaluator leaves unimplemented among the parser's layers, with a phrase of its error:
+# random fills (Bernoulli) and casts to FP8/FP4/INT4 (TensorRT produces those types only in quantize
+# layers; its builder refuses such a cast). The WeNet networks use neither.
+NOT_NEEDED_BY_WENET = {"FILL": "RANDOM", "CAST": "(use a quantize layer)"}
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +37,8 @@ def test_summary_meets_the_bar(report):
     failed = [f"{t['name']}: {t['error']}" for t in report["tests"] if t["status"] == "failed"]
     assert not failed, "\n".join(failed)
     assert s["passed"] >= 0.9 * s["accepted"], s
-    # every deviation is one of the listed, referenced TensorRT behaviours. The issue asks for fewer
-    # than 2% of accepted; 23 of 905 (2.5%) is over, see docs/evaluator.md
-    assert s["deviations"] <= len(conformance.KNOWN_DEVIATIONS), s
+    # every deviation is one of the listed, referenced TensorRT behaviours, and they stay rare
+    assert s["deviations"] < 0.02 * s["accepted"], s
 
 
 def test_unsupported_tests_need_layers_wenet_does_not_use(report):
@@ -45,8 +46,7 @@ def test_unsupported_tests_need_layers_wenet_does_not_use(report):
     assert unsupported
     for t in unsupported:
         assert t["layer_type"] in NOT_NEEDED_BY_WENET, t
-        if t["layer_type"] == "FILL":  # only the random fills (Bernoulli, RandomUniform) are left out
-            assert "RANDOM" in t["error"], t
+        assert NOT_NEEDED_BY_WENET[t["layer_type"]] in t["error"], t
 
 
 def test_deviations_are_the_documented_ones(report):

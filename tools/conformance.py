@@ -49,7 +49,6 @@ NODE_DATA = "onnx/backend/test/data/node/"
 OPERATORS_MD = "https://github.com/onnx/onnx-tensorrt/blob/main/docs/operators.md"
 TRILU_SOURCE = "https://github.com/onnx/onnx-tensorrt/blob/main/onnxOpImporters.cpp (Trilu importer)"
 LPNORM_SOURCE = "https://github.com/onnx/onnx-tensorrt/blob/main/onnxOpImporters.cpp (LpNormalization importer)"
-PTX_CVT = "https://docs.nvidia.com/cuda/parallel-thread-execution/#data-movement-and-conversion-instructions-cvt (.satfinite)"
 _TRILU = (
     "TensorRT's parser reads Trilu's `upper` with default 0 where ONNX's default is 1: a Trilu without "
     "the attribute computes the lower triangle",
@@ -64,11 +63,6 @@ _QUANT_ZERO_POINT = (
     "TensorRT quantizes to signed INT8 and requires y_zero_point 0; the uint8 / non-zero zero point "
     "of the test is not honoured",
     OPERATORS_MD + " (QuantizeLinear: `y_zero_point` must be 0)",
-)
-_FP8_NO_SATURATE = (
-    "TensorRT's cast to FP8 has no saturate=0 mode: out-of-range values saturate to +-448 where ONNX "
-    "expects NaN",
-    PTX_CVT,
 )
 _RNN_BATCH_FIRST = (
     "TensorRT's parser ignores `layout=1` (batch-first) of RNN/GRU/LSTM: its loop iterates over axis 0 "
@@ -99,11 +93,6 @@ KNOWN_DEVIATIONS: dict[str, tuple[str, str]] = {
     "test_maxpool_2d_ceil_output_size_reduce_by_one": _POOL_CEIL,
     "test_quantizelinear": _QUANT_ZERO_POINT,
     "test_quantizelinear_axis": _QUANT_ZERO_POINT,
-    **{name: _FP8_NO_SATURATE for name in (
-        f"test_{op}_no_saturate_{source}_to_FLOAT8E4M3FN{suffix}"
-        for op, suffix in (("cast", ""), ("castlike", ""), ("castlike", "_expanded"))
-        for source in ("FLOAT", "FLOAT16")
-    )},
 }
 
 

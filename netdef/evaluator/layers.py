@@ -22,6 +22,7 @@ from .dtypes import compute_float, is_float, np_dtype, to_dtype, trt_type_name
 from .plugins import lookup_plugin_reference, plugin_fields, plugin_identity
 
 LAYER_IMPLEMENTATIONS: dict[str, Callable] = {}
+NARROW_QUANTIZED = ("FP8", "FP4", "INT4")
 
 
 def implements(*kinds: str):
@@ -85,8 +86,10 @@ def identity(layer, ins):
 @implements("CAST")
 def cast(layer, ins):
     target = np_dtype(layer.to_type)
-    if target is None:
-        raise UnsupportedLayerError(layer, f"cast to {trt_type_name(layer.to_type)}")
+    if target is None or trt_type_name(layer.to_type) in NARROW_QUANTIZED:
+        # TensorRT produces FP8/FP4/INT4 only in IQuantizeLayer: its builder refuses a cast to them,
+        # so there is no TensorRT result to follow (and ONNX's saturate attribute has no equivalent)
+        raise UnsupportedLayerError(layer, f"cast to {trt_type_name(layer.to_type)} (use a quantize layer)")
     x = ins[0]
     if is_float(x) and target.kind in "iu":
         # float -> int truncates toward zero (C conversion), as ONNX Cast and TensorRT's cast do
