@@ -146,6 +146,20 @@ def test_slice_modes_match_numpy_pad(network, mode, np_mode):
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("start, size, stride, expected", [
+    ((4, 1), (3, 2), (-1, 2), (slice(4, 1, -1), slice(1, 4, 2))),
+    ((4, 0), (5, 5), (-1, 1), (slice(4, None, -1), slice(0, 5))),
+    ((0, 3), (2, 4), (2, 0), (slice(0, 3, 2), [3, 3, 3, 3])),  # stride 0 repeats an element
+])
+def test_strict_slice_matches_numpy_indexing(network, start, size, stride, expected):
+    x = np.arange(25, dtype=np.int32).reshape(5, 5)
+    sl = network.add_slice(network.add_input("x", trt.int32, x.shape), start, size, stride)
+    network.mark_output(sl.get_output(0))
+    got = evaluate(network, {"x": x})[sl.get_output(0).name]
+    want = x[expected[0]][:, expected[1]]
+    np.testing.assert_array_equal(got, want)
+
+
 def test_slice_strict_bounds_raises(network):
     tx = network.add_input("x", trt.float32, (3, 5))
     sl = network.add_slice(tx, (0, 2), (3, 4), (1, 1))

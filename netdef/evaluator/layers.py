@@ -10,14 +10,12 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import ml_dtypes
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ..backend import trt
-from .core import EvaluationError, UnsupportedLayerError
-from .core import layer_type_name
-import ml_dtypes
-
+from .core import EvaluationError, UnsupportedLayerError, layer_type_name
 from .dtypes import compute_float, is_float, np_dtype, to_dtype, trt_type_name
 from .plugins import lookup_plugin_reference, plugin_fields, plugin_identity
 
@@ -178,15 +176,22 @@ def slice_(layer, ins):
             full_start[a], full_size[a], full_stride[a] = s0, n, st
         start, size, stride = full_start, full_size, full_stride
     mode = enum_name(layer.mode)
-    if x.size == 0 and mode != "FILL":
+    fill = optional_input(ins, 4)
+    fill = np.asarray(0 if fill is None else fill, dtype=x.dtype).reshape(())
+    if 0 in size:
         return [np.zeros(size, dtype=x.dtype)]
+    if x.size == 0:  # a non-empty slice of an empty tensor: only FILL has values to give
+        if mode != "FILL":
+            raise EvaluationError(f"layer '{layer.name}' (SLICE): {mode} slice of size {size} from an empty tensor")
+        return [np.full(size, fill, dtype=x.dtype)]
     per_dim = [_slice_indices(layer, mode, start[d], size[d], stride[d], x.shape[d]) for d in range(rank)]
-    if x.size == 0:
-        return [np.broadcast_to(np.asarray(optional_input(ins, 4) if optional_input(ins, 4) is not None else 0, x.dtype), size).copy()]
+    if mode == "STRICT_BOUNDS" and all(st != 0 for st in stride):
+        # in bounds (checked) with non-zero strides: a basic slice, a view instead of a gathered copy
+        basic = tuple(slice(s0, s0 + st * (n - 1) + 1 if st > 0 else (s0 + st * (n - 1) - 1 if s0 + st * (n - 1) > 0 else None), st)
+                      for s0, n, st in zip(start, size, stride))
+        return [x[basic]]
     y = x[np.ix_(*[idx for idx, _ in per_dim])] if rank else x.copy()
     if mode == "FILL":
-        fill = optional_input(ins, 4)
-        fill = np.asarray(0 if fill is None else fill, dtype=x.dtype).reshape(())
         inside = np.ones(size, dtype=bool)
         for d, (_, ok) in enumerate(per_dim):
             inside &= ok.reshape([-1 if i == d else 1 for i in range(rank)])
