@@ -44,6 +44,12 @@ def _known(dim) -> bool:
     return int(dim) >= 0
 
 
+def _same_shape(a, b) -> bool:
+    """Equal ranks and equal dimensions wherever both are known (-1: decided at run time)."""
+    a, b = tuple(int(d) for d in a), tuple(int(d) for d in b)
+    return len(a) == len(b) and all(x == y or x < 0 or y < 0 for x, y in zip(a, b))
+
+
 def _field_values(fc) -> dict[str, np.ndarray]:
     return {f.name: np.asarray(f.data) for f in fc} if fc is not None else {}
 
@@ -71,7 +77,7 @@ class _PluginBase(trt.IPluginV3, trt.IPluginV3OneCore, trt.IPluginV3OneBuild, tr
         return self.clone()
 
     def configure_plugin(self, inp, out):
-        pass
+        self._check_shapes([d.desc.dims for d in inp])  # at build time, with -1 for dynamic dimensions
 
     def on_shape_change(self, inp, out):
         self._check_shapes([d.dims for d in inp])
@@ -138,10 +144,10 @@ class LayerNormPlugin(_PluginBase):
         width = int(x[len(x) - 1])
         if _known(width):
             launch.check_layernorm_dim(width)
-        if self.has_residual and tuple(dims[1]) != tuple(x):
+        if self.has_residual and not _same_shape(dims[1], x):
             raise PluginConfigError(f"{LAYERNORM_PLUGIN_NAME}: residual {tuple(dims[1])} must match x {tuple(x)}")
         for name, d in zip(("gamma", "beta"), dims[-2:]):
-            if _known(width) and tuple(int(v) for v in d) != (width,):
+            if not _same_shape(d, (width,)):
                 raise PluginConfigError(f"{LAYERNORM_PLUGIN_NAME}: {name} must be [{width}], got {tuple(d)}")
 
     def enqueue(self, input_desc, output_desc, inputs, outputs, workspace, stream):
@@ -199,7 +205,7 @@ class RelPosAttentionPlugin(_PluginBase):
         if len(q) != 3:
             raise PluginConfigError(f"{ATTENTION_PLUGIN_NAME}: q must be [B, T, H*dk], got {q}")
         for name, d in zip(("k", "v"), dims[1:3]):
-            if tuple(int(x) for x in d) != q:
+            if not _same_shape(d, q):
                 raise PluginConfigError(f"{ATTENTION_PLUGIN_NAME}: {name} {tuple(d)} must match q {q}")
         if _known(q[2]):
             if q[2] % self.heads:
@@ -207,12 +213,12 @@ class RelPosAttentionPlugin(_PluginBase):
             launch.check_head_dim(q[2] // self.heads)
             dk = q[2] // self.heads
             p = tuple(int(x) for x in dims[3])
-            if p[-3:] != (self.heads, q[1], dk) or _volume(p) != self.heads * q[1] * dk:
+            if len(p) not in (3, 4) or (len(p) == 4 and p[0] not in (1, -1)) or not _same_shape(p[-3:], (self.heads, q[1], dk)):
                 raise PluginConfigError(f"{ATTENTION_PLUGIN_NAME}: p must be [H={self.heads}, T={q[1]}, dk={dk}], got {p}")
             for name, d in zip(("pos_bias_u", "pos_bias_v"), dims[4:6]):
-                if tuple(int(x) for x in d) != (self.heads, dk):
+                if not _same_shape(d, (self.heads, dk)):
                     raise PluginConfigError(f"{ATTENTION_PLUGIN_NAME}: {name} must be [{self.heads}, {dk}], got {tuple(d)}")
-        if tuple(int(x) for x in dims[6]) != (q[0],):
+        if not _same_shape(dims[6], (q[0],)):
             raise PluginConfigError(f"{ATTENTION_PLUGIN_NAME}: lengths must be [B={q[0]}], got {tuple(dims[6])}")
 
     def enqueue(self, input_desc, output_desc, inputs, outputs, workspace, stream):

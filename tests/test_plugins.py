@@ -122,6 +122,18 @@ def test_shape_errors_name_plugin_and_tensor(plugin, shapes, message):
         plugin.on_shape_change([desc(s) for s in shapes], [])
 
 
+def test_build_time_check_accepts_dynamic_dimensions_and_rejects_known_mismatches():
+    attn = RelPosAttentionPlugin(4)
+    q = dyn((-1, -1, 256))
+    attn.configure_plugin([q, q, q, dyn((1, 4, -1, 64)), dyn((4, 64)), dyn((4, 64)), dyn((-1,), trt.DataType.INT32)], [])
+    with pytest.raises(PluginConfigError, match="pos_bias_v"):
+        attn.configure_plugin([q, q, q, dyn((4, -1, 64)), dyn((4, 64)), dyn((4, 32)), dyn((-1,), trt.DataType.INT32)], [])
+    ln = LayerNormPlugin(1e-5, True)
+    ln.configure_plugin([dyn((-1, -1, 256)), dyn((-1, -1, 256)), dyn((256,)), dyn((256,))], [])
+    with pytest.raises(ValueError, match="multiple of 32"):
+        ln.configure_plugin([dyn((-1, 100)), dyn((-1, 100)), dyn((100,)), dyn((100,))], [])
+
+
 def test_valid_shapes_pass_including_batched_position_projection():
     RelPosAttentionPlugin(4).on_shape_change(
         [desc((2, 9, 256))] * 3 + [desc((1, 4, 9, 64)), desc((4, 64)), desc((4, 64)), desc((2,), trt.DataType.INT32)], [])
