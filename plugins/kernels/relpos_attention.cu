@@ -1,4 +1,6 @@
-// WeNet's relative-position self-attention, one kernel, flash-attention style.
+// WeNet's relative-position self-attention, one kernel per call, flash-attention style: two kernels,
+// relpos_attention_kernel (FP32 on the CUDA cores) and relpos_attention_mma_kernel (FP16 on the tensor
+// cores, FP32 accumulation and softmax; further below), computing the same function.
 //
 // For batch b, head h, query i and key j (all heads of q/k/v interleaved as [B*T, H*DK], row-major):
 //   score(i, j) = ((q_i + pos_bias_u) . k_j + (q_i + pos_bias_v) . p_j) / sqrt(DK)
@@ -8,12 +10,12 @@
 // encoder mask [B, 1, T] does: padded query rows (i >= length_b) still attend to the valid keys, and a
 // sequence of length 0 gives zeros (WeNet fills masked probabilities with 0 after the softmax).
 //
-// Tiling: a block owns kBlockM queries of one (b, h) and walks key tiles of kBlockN with an online
-// softmax (running max and sum per row), so the T x T scores never leave the chip. Key tiles past
+// Tiling: a block owns a tile of queries of one (b, h) and walks key tiles of kAttnBlockN with an
+// online softmax (running max and sum per row), so the T x T scores never leave the chip. Key tiles past
 // length_b are skipped entirely. Both score terms are one dot product of length 2*DK:
-// [q+u, q+v] . [k, p]. Arithmetic is FP32 on the CUDA cores for FP32 and FP16 inputs alike.
+// [q+u, q+v] . [k, p].
 //
-// Threads form a 16 x 16 grid: thread (ty, tx) owns score rows ty*R..ty*R+R-1 and key columns
+// FP32 kernel: threads form a 16 x 16 grid: thread (ty, tx) owns score rows ty*R..ty*R+R-1 and key columns
 // tx*4..tx*4+3 of the tile, and output columns tx*(DK/16).. of the same rows, so the row statistics it
 // needs come from the 16 lanes sharing ty (one half-warp: a shuffle, no shared memory). R (rows per
 // thread: 4, 2 or 1) sets the block's 16*R queries: R = 4 reuses shared loads best, smaller R gives
