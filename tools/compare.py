@@ -206,7 +206,7 @@ def format_markdown(report: dict) -> str:
         for row in entry["accuracy"]:
             by_output.setdefault(row["output"], {})[row["case"]] = row
         for output, per_case in by_output.items():
-            cells = [f"{per_case[c]['a']:.2g} / {per_case[c]['r']:.2g}{'' if per_case[c]['pass'] else ' *'}" for c in cases]
+            cells = [f"{per_case[c]['a']:.2g} / {per_case[c]['r']:.3g}{'' if per_case[c]['pass'] else ' *'}" for c in cases]
             out.append(f"| {entry['kind']} {entry['network']} {entry['precision']} | {output} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
