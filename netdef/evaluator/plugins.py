@@ -16,6 +16,9 @@ from typing import Callable
 
 import numpy as np
 
+from .core import UnsupportedLayerError
+from .registry import implements
+
 PluginReference = Callable[[list[np.ndarray], dict[str, object]], list[np.ndarray]]
 
 _REGISTRY: dict[tuple[str, str, str], PluginReference] = {}
@@ -95,3 +98,14 @@ def plugin_fields(plugin) -> dict[str, object]:
         if not name.startswith("_") and isinstance(value, (int, float, str, np.ndarray, list, tuple)):
             fields[name] = value
     return fields
+
+
+@implements("PLUGIN_V3", "PLUGIN_V2")
+def plugin_layer(layer, ins):
+    """A plugin layer: the reference registered for its plugin's name, version and namespace."""
+    name, version, namespace = plugin_identity(layer.plugin)
+    try:
+        reference = lookup_plugin_reference(name, version, namespace)
+    except KeyError as exc:
+        raise UnsupportedLayerError(layer, exc.args[0]) from None
+    return list(reference(list(ins), plugin_fields(layer.plugin)))
