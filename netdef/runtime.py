@@ -173,6 +173,12 @@ class EngineSpec:
             raise ManifestError(f"manifest has no '{network}' engine (it has {sorted(manifest['engines'])})")
         interface = INTERFACE[network]
         profile = entry["profiles"][0]
+        for side in ("inputs", "outputs"):
+            if not isinstance(entry.get(side), dict):
+                raise ManifestError(
+                    f"{network} engine: manifest field '{side}' should map each tensor to its dtype and shape, "
+                    f"got {type(entry.get(side)).__name__} {entry.get(side)!r}"
+                )
 
         def spec(name: str, desc: dict, interface_dtypes: dict, is_input: bool) -> TensorSpec:
             if name not in interface_dtypes:

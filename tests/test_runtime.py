@@ -19,6 +19,7 @@ from netdef.engine import MANIFEST_NAME, source_entry, write_manifest
 from netdef.parser_baseline import build_parser_engines
 from netdef.profiles import ProfileSpec
 from netdef.runtime import (
+    INTERFACE,
     EngineRunner,
     EngineSpec,
     InputError,
@@ -163,6 +164,25 @@ def test_manifest_sources_are_the_files_sha256(built):
         assert manifest["sources"][name]["sha256"] == hashlib.sha256((onnx_dir / name).read_bytes()).hexdigest()
     with pytest.raises(ManifestError, match=r"no 'joiner' engine|expected one of"):
         EngineSpec.from_manifest(manifest, "joiner")
+
+
+def test_netdef_engines_describe_their_io(tiny_model, tmp_path):
+    """The runner reads netdef manifests as it reads parser ones: every interface tensor with its dtype."""
+    from netdef.build import build_engines
+
+    manifest = load_manifest(build_engines(tiny_model.weights_dir, tmp_path, fp16=True, profile=PROFILE, quiet=True).parent)
+    cases = np.load(tiny_model.cases)
+    for network in ("encoder", "decoder"):
+        spec = EngineSpec.from_manifest(manifest, network)
+        assert set(spec.outputs) <= set(INTERFACE[network]["outputs"]) and spec.outputs
+        validate_inputs(spec, {name: cases[f"{network}.b4.t64.{name}"] for name in spec.inputs})
+
+
+def test_manifest_without_io_description_is_refused(built):
+    manifest = load_manifest(built[1])
+    manifest["engines"]["encoder"]["outputs"] = ["encoder_out"]
+    with pytest.raises(ManifestError, match=r"encoder engine: manifest field 'outputs' should map each tensor"):
+        EngineSpec.from_manifest(manifest, "encoder")
 
 
 # ------------------------------------------------------------------------------------------- validation
