@@ -152,8 +152,7 @@ def build_engines(weights, out_dir: Path, fp16: bool = False, *, profile: Profil
     for name, d in definitions.items():
         if not quiet:
             print(f"[netdef] building {name}: {d.num_layers} layers, outputs {', '.join(d.outputs)}", file=sys.stderr, flush=True)
-        info = build_plan(d.builder, d.network, name, d.ranges, Path(out_dir) / f"{name}.plan", quiet=quiet,
-                          extra={"outputs": list(d.outputs)})
+        info = build_plan(d.builder, d.network, name, d.ranges, Path(out_dir) / f"{name}.plan", quiet=quiet)
         plans.append(info)
     sources = {f: source_entry(Path(weights.dir) / f) for f in ("config.json", "encoder.safetensors", "decoder.safetensors")}
     return write_manifest(Path(out_dir), kind="netdef", precision="fp16" if fp16 else "fp32", plans=plans, sources=sources,
