@@ -251,4 +251,5 @@ def evaluate(network, inputs: dict[str, np.ndarray], *, return_all: bool = False
         raise EvaluationError(f"network output(s) {missing_outputs} are not produced by any layer")
     if return_all:
         return values
-    return {name: values[name] for name in output_names}
+    # an output may be a view (of an input, or of a larger intermediate): hand back its own array
+    return {name: values[name].copy() if values[name].base is not None else values[name] for name in output_names}
