@@ -385,3 +385,15 @@ def test_plugin_identity_and_fields_read_through_the_plugin_api():
     fields = plugin_fields(plugin)
     assert list(fields) == ["factor"]
     np.testing.assert_array_equal(fields["factor"], np.array([2.5], np.float32))
+
+
+def test_outputs_do_not_alias_inputs(network):
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    tx = network.add_input("x", trt.float32, x.shape)
+    sl = network.add_slice(tx, (0, 1), (2, 2), (1, 1))  # a basic slice: a view inside the walk
+    network.mark_output(network.add_identity(tx).get_output(0))
+    network.mark_output(sl.get_output(0))
+    outputs = evaluate(network, {"x": x})
+    for value in outputs.values():
+        value += 100
+    np.testing.assert_array_equal(x, np.arange(6, dtype=np.float32).reshape(2, 3))
