@@ -14,6 +14,8 @@ netdef.evaluator and compared with the test's expected outputs. A test ends up:
 - deviation:   TensorRT itself documents a result other than ONNX's expected one (KNOWN_DEVIATIONS,
                with the reference); the evaluator follows TensorRT; never counted as passed.
 
+Exit status: 0, or 1 when any test failed (2 when the node tests cannot be fetched).
+
 The node tests are not in the onnx wheel; they come from the onnx source distribution on PyPI,
 fetched once with `pip download` into <repo>/.cache/ (only the node test folder is extracted).
 onnx releases after 1.20 no longer ship the test data in their sdist, so when the installed
@@ -425,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         from netdef.engine import atomic_write_json
 
         atomic_write_json(args.json, report)
-    return 0
+    return 1 if report["summary"]["failed"] else 0  # a failed test is an evaluator bug
 
 
 if __name__ == "__main__":
