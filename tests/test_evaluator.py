@@ -247,9 +247,9 @@ def test_fp16_rounding_is_emulated(network, precision):
     scale = np.abs(want).max()
     if precision == "fp16":
         assert got.dtype == np.float16
-        # float16 has a 2^-11 unit roundoff: a few roundings of O(1) values err by ~1e-3 relative,
-        # never zero (the output itself is rounded) and not much more than several ulps
-        assert 2.0**-13 * scale < err < 2.0**-6 * scale, err
+        # float16's unit roundoff is 2^-11: the rounded output alone errs by up to that much of its
+        # scale (measured: 4.6e-4 of it); a few roundings more stay within a few units, never zero
+        assert 2.0**-13 * scale < err < 2.0**-8 * scale, err
     else:
         assert got.dtype == np.float32
         assert err < 1e-5 * scale, err
