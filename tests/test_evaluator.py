@@ -397,3 +397,29 @@ def test_outputs_do_not_alias_inputs(network):
     for value in outputs.values():
         value += 100
     np.testing.assert_array_equal(x, np.arange(6, dtype=np.float32).reshape(2, 3))
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "causal"])
+def test_attention_layer_matches_numpy(network, mask_kind):
+    """add_attention: softmax(Q K^T) V per head (no implicit scaling), grouped-query K/V heads."""
+    q = RNG.standard_normal((2, 4, 5, 8)).astype(np.float32)
+    k = RNG.standard_normal((2, 2, 6, 8)).astype(np.float32)
+    v = RNG.standard_normal((2, 2, 6, 8)).astype(np.float32)
+    mask = RNG.random((2, 1, 5, 6)) > 0.3
+    mask[..., 0] = True  # every query attends somewhere
+    inputs = {name: network.add_input(name, trt.float32, a.shape) for name, a in (("q", q), ("k", k), ("v", v))}
+    attention = network.add_attention(inputs["q"], inputs["k"], inputs["v"], trt.AttentionNormalizationOp.SOFTMAX,
+                                      mask_kind == "causal")
+    if mask_kind == "bool":
+        attention.mask = constant(network, mask)
+    network.mark_output(attention.get_output(0))
+    got = evaluate(network, {"q": q, "k": k, "v": v})[attention.get_output(0).name]
+    k64, v64 = (np.repeat(a.astype(np.float64), 2, axis=1) for a in (k, v))  # each K/V head serves 2 query heads
+    scores = q.astype(np.float64) @ np.swapaxes(k64, -1, -2)
+    if mask_kind == "bool":
+        scores = np.where(mask, scores, -np.inf)
+    elif mask_kind == "causal":  # upper-left aligned: query i sees keys 0..i
+        scores = np.where(np.tril(np.ones((5, 6), bool)), scores, -np.inf)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    want = (weights / weights.sum(-1, keepdims=True)) @ v64
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
