@@ -38,6 +38,11 @@ MAJOR = int(VERSION.split(".")[0])
 HAS_PLUGIN_V3 = hasattr(trt.INetworkDefinition, "add_plugin_v3")
 
 
+# One logger for the whole process: TensorRT keeps the first logger a process hands it, so a
+# short-lived second logger that is later freed can crash a later builder or parser.
+LOGGER = trt.Logger(trt.Logger.WARNING)
+
+
 def describe() -> str:
     return f"{BACKEND_NAME} {VERSION}"
 

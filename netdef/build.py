@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import functional as F
-from .backend import HAS_PLUGIN_V3, create_network, describe, trt
+from .backend import HAS_PLUGIN_V3, LOGGER, create_network, describe, trt
 from .decoder import DECODER_OUTPUTS, decoder_network
 from .encoder import ENCODER_OUTPUTS, encoder_network
 from .engine import PlanInfo, build_plan, source_entry, write_manifest
@@ -51,16 +51,6 @@ class NetworkDefinition:
     @property
     def num_layers(self) -> int:
         return self.network.num_layers
-
-
-_LOGGER = None
-
-
-def trt_logger():
-    global _LOGGER
-    if _LOGGER is None:
-        _LOGGER = trt.Logger(trt.Logger.WARNING)
-    return _LOGGER
 
 
 def split_outputs(requested: list[str] | None, config: dict) -> dict[str, tuple[str, ...]]:
@@ -103,7 +93,7 @@ def define_network(name: str, weights, policy: PrecisionPolicy, profile: Profile
     (WenetRelPosAttention, the encoder's attention) replace native layers; full TensorRT only.
     """
     config = weights.config
-    builder = trt.Builder(trt_logger())
+    builder = trt.Builder(LOGGER)
     network = create_network(builder)
     with F.building(network, policy, check_plugins(plugins)) as ctx:
         if name == "encoder":

@@ -53,9 +53,9 @@ GRAPH_FIXES: tuple[GraphFix, ...] = ()
 
 def _logger() -> "trt.ILogger":
     # TensorRT keeps one logger per process (a second one is ignored with a warning): share netdef's.
-    from .build import trt_logger
+    from .backend import LOGGER
 
-    return trt_logger()
+    return LOGGER
 
 
 def convert_to_fp16(model: onnx.ModelProto, fp32_ops: tuple[str, ...] = ()) -> onnx.ModelProto:

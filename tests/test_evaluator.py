@@ -31,7 +31,7 @@ def weights(array: np.ndarray):
 
 
 # TensorRT keeps the first logger a process registers and uses it from then on: it must never be freed
-LOGGER = trt.Logger(trt.Logger.ERROR)
+from netdef.backend import LOGGER  # noqa: E402 - the one process-wide logger
 
 
 @pytest.fixture()

@@ -21,7 +21,7 @@ TOLERANCE = {"encoder": 1e-4, "decoder": 1e-3}
 
 
 # TensorRT keeps the first logger a process registers and uses it from then on: it must never be freed
-LOGGER = trt.Logger(trt.Logger.ERROR)
+from netdef.backend import LOGGER  # noqa: E402 - the one process-wide logger
 
 
 def parse(onnx_path):
