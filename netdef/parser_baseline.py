@@ -25,7 +25,7 @@ from typing import Callable
 
 import onnx
 
-from .backend import BACKEND_NAME, VERSION, create_network, describe, trt
+from .backend import BACKEND_NAME, LOGGER, VERSION, create_network, describe, trt
 from .engine import PlanInfo, build_plan, source_entry, write_manifest
 from .profiles import ProfileSpec
 
@@ -49,13 +49,6 @@ class GraphFix:
 
 # Empty on purpose: the installed parser parses the exported graphs unchanged (tested).
 GRAPH_FIXES: tuple[GraphFix, ...] = ()
-
-
-def _logger() -> "trt.ILogger":
-    # TensorRT keeps one logger per process (a second one is ignored with a warning): share netdef's.
-    from .backend import LOGGER
-
-    return LOGGER
 
 
 def convert_to_fp16(model: onnx.ModelProto, fp32_ops: tuple[str, ...] = ()) -> onnx.ModelProto:
@@ -102,7 +95,7 @@ def parse_onnx(path: Path, fp16: bool, *, fp32_ops: tuple[str, ...] = ()):
     owns the network's weights, so keep it alive as long as the network is used. With fp16, `fp32_ops`
     lists ONNX op types to keep FP32 beyond the conversion tool's block list."""
     path = Path(path)
-    builder = trt.Builder(_logger())
+    builder = trt.Builder(LOGGER)  # TensorRT keeps one logger per process
     network = create_network(builder)
     parser = trt.OnnxParser(network, builder.logger)
     if not GRAPH_FIXES and not fp16:

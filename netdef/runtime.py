@@ -23,7 +23,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .backend import BACKEND_NAME, VERSION, describe, trt
+from .backend import BACKEND_NAME, LOGGER, VERSION, describe, trt
 from .engine import MANIFEST_FORMAT, MANIFEST_NAME, sha256_file
 from .profiles import subsampled_length
 
@@ -328,8 +328,7 @@ class EngineRunner:
         if not usable:
             raise RuntimeUnavailable(f"cannot run {self.engine_dir / self.spec.plan}: {why}")
         self.cudart = cudart = import_cudart()
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)
+        self._runtime = trt.Runtime(LOGGER)
         self.engine = self._runtime.deserialize_cuda_engine((self.engine_dir / self.spec.plan).read_bytes())
         if self.engine is None:
             raise RuntimeError(f"{self.engine_dir / self.spec.plan}: {describe()} could not deserialize the plan (see its log above)")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from netdef.backend import BACKEND_NAME, VERSION
-from netdef.engine import MANIFEST_NAME, source_entry, write_manifest
+from netdef.engine import MANIFEST_NAME, source_entry
 from netdef.parser_baseline import build_parser_engines
 from netdef.profiles import ProfileSpec
 from netdef.runtime import (
