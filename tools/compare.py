@@ -129,6 +129,10 @@ def build(kind: str, precision: str, model, engine_dir: Path, profile: ProfileSp
         definitions = build_networks(model.weights_dir, fp16, profile=profile)
         networks = {n: (d.network, d) for n, d in definitions.items()}
     manifest = json.loads(Path(manifest_path).read_text())
+    for n, (network, _) in networks.items():
+        # The evaluated definition is made again after the build; it must be the one that was built.
+        if network.num_layers != manifest["engines"][n]["layers"]:
+            raise ValueError(f"{kind} {precision} {n}: defined again with {network.num_layers} layers, built with {manifest['engines'][n]['layers']}")
     return [
         Engine(kind, n, precision, engine_dir, manifest["engines"][n], network, keepalive)
         for n, (network, keepalive) in networks.items()
