@@ -45,6 +45,17 @@ def test_unfixed_graph_parses_with_the_onnx_interface(tiny_model, network_name, 
     assert network_io(network) == onnx_io(onnx.load(str(path), load_external_data=False))
 
 
+def test_the_2022_failure_is_in_the_parsed_graph(tiny_model):
+    """The construct TensorRT 8.2 could not parse (Not_30, Slice_79, Slice_84: Not and Slice on the bool
+    padding mask, subsampled as mask[:, :, :-2:2][:, :, :-2:2]) is present in the graph the test above
+    parses unfixed."""
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(tiny_model.encoder_onnx))).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input, *graph.output]}
+    on_bool = [n for n in graph.node if n.op_type in ("Not", "Slice") and types.get(n.input[0]) == TensorProto.BOOL]
+    assert {n.op_type for n in on_bool} == {"Not", "Slice"}
+    assert sum(n.op_type == "Slice" and "embed" in n.name for n in on_bool) == 2  # the x4 subsampling's two slices
+
+
 def test_fp16_conversion_keeps_io_and_the_block_list_fp32(tiny_model):
     model = onnx.load(str(tiny_model.encoder_onnx))
     converted = onnx.shape_inference.infer_shapes(convert_to_fp16(model))
