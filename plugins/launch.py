@@ -20,6 +20,11 @@ ATTENTION_MMA_WARPS = 4       # kMmaWarps: FP16 kernel, 16 query rows per warp
 ATTENTION_MMA_BLOCK_N = 64    # kMmaBlockN
 ATTENTION_MMA_PAD = 8         # kMmaPad (halves)
 ATTENTION_MMA_STAGES = 2      # kMmaStages: double-buffered key tiles
+ATTENTION_TF32_WARPS = 4      # kTf32Warps: FP32 on the tensor cores (3xTF32), 16 query rows per warp
+ATTENTION_TF32_BLOCK_N = 32   # kTf32BlockN
+ATTENTION_TF32_PAD = 4        # kTf32Pad (floats)
+ATTENTION_TF32_STAGES = 2     # kTf32Stages
+FP32_ATTENTION_KERNELS = ("tf32x3", "simt")
 MAX_LAYERNORM_DIM = 1024
 
 _CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float16): "__half"}
@@ -53,6 +58,18 @@ def attention_mma_smem_bytes(head_dim: int) -> int:
     """Mirror of relpos_attention_mma_smem_bytes() in relpos_attention.cu."""
     n, pad = ATTENTION_MMA_BLOCK_N, ATTENTION_MMA_PAD
     return 2 * ATTENTION_MMA_STAGES * 3 * n * (head_dim + pad)
+
+
+def attention_tf32x3_smem_bytes(head_dim: int) -> int:
+    """Mirror of relpos_attention_tf32x3_smem_bytes() in relpos_attention.cu."""
+    rows, n, pad = 16 * ATTENTION_TF32_WARPS, ATTENTION_TF32_BLOCK_N, ATTENTION_TF32_PAD
+    return 4 * (2 * rows * (head_dim + pad) + ATTENTION_TF32_STAGES * 3 * n * (head_dim + pad))
+
+
+def fp32_attention_kernel(batch: int, seq_len: int, heads: int) -> str:
+    """The faster FP32 kernel for this size (measured on the H100, docs/kernels.md): the CUDA-core kernel
+    while there is little work (its blocks start sooner), 3xTF32 on the tensor cores from 16x256x4 heads."""
+    return "tf32x3" if batch * heads * seq_len * seq_len >= 1 << 22 else "simt"
 
 
 def attention_rows_per_thread(batch: int, seq_len: int, heads: int, multiprocessors: int) -> int:
@@ -91,7 +108,8 @@ def layernorm(x, residual, gamma, beta, out_sum, out_norm, *, rows: int, dim: in
 
 
 def relpos_attention(q, k, v, p, pos_bias_u, pos_bias_v, lengths, out, *, batch: int, seq_len: int, heads: int,
-                     head_dim: int, dtype, stream: int = 0, rows_per_thread: int | None = None):
+                     head_dim: int, dtype, stream: int = 0, rows_per_thread: int | None = None,
+                     fp32_kernel: str | None = None):
     """out [B*T, H*dk] = softmax(((q+u)k^T + (q+v)p^T)/sqrt(dk), keys < lengths[b]) v, per batch and head."""
     check_head_dim(head_dim)
     if heads <= 0:
@@ -104,11 +122,20 @@ def relpos_attention(q, k, v, p, pos_bias_u, pos_bias_v, lengths, out, *, batch:
         kernel = get_kernel(ATTENTION_FILE, f"wenet::relpos_attention_mma_kernel<{head_dim}>", smem)
         rows_per_block, threads = 16 * ATTENTION_MMA_WARPS, 32 * ATTENTION_MMA_WARPS
     else:
-        _ctype(dtype)
-        rows = rows_per_thread or attention_rows_per_thread(batch, seq_len, heads, multiprocessor_count())
-        smem = attention_smem_bytes(head_dim, rows)
-        kernel = get_kernel(ATTENTION_FILE, f"wenet::relpos_attention_kernel<float,{head_dim},{rows}>", smem)
-        rows_per_block, threads = 16 * rows, ATTENTION_THREADS
+        _ctype(dtype)  # FP32 from here on
+        fp32_kernel = fp32_kernel or fp32_attention_kernel(batch, seq_len, heads)
+        if fp32_kernel == "tf32x3":
+            # Tensor cores, each product split into three TF32 products (FP32 accuracy).
+            smem = attention_tf32x3_smem_bytes(head_dim)
+            kernel = get_kernel(ATTENTION_FILE, f"wenet::relpos_attention_tf32x3_kernel<{head_dim}>", smem)
+            rows_per_block, threads = 16 * ATTENTION_TF32_WARPS, 32 * ATTENTION_TF32_WARPS
+        elif fp32_kernel == "simt":
+            rows = rows_per_thread or attention_rows_per_thread(batch, seq_len, heads, multiprocessor_count())
+            smem = attention_smem_bytes(head_dim, rows)
+            kernel = get_kernel(ATTENTION_FILE, f"wenet::relpos_attention_kernel<float,{head_dim},{rows}>", smem)
+            rows_per_block, threads = 16 * rows, ATTENTION_THREADS
+        else:
+            raise ValueError(f"attention: fp32_kernel must be one of {FP32_ATTENTION_KERNELS}, got {fp32_kernel!r}")
     grid = ((seq_len + rows_per_block - 1) // rows_per_block, heads, batch)
     kernel.launch(
         grid,

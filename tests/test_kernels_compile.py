@@ -68,6 +68,8 @@ HOT_INSTANCES = {
         f"const float*, const float*, const float*, const float*, const int*, float*, int, int);"
         for r in (1, 2, 4)
     ] + [
+        "template __global__ void wenet::relpos_attention_tf32x3_kernel<64>(const float*, const float*, "
+        "const float*, const float*, const float*, const float*, const int*, float*, int, int);",
         "template __global__ void wenet::relpos_attention_mma_kernel<64>(const __half*, const __half*, "
         "const __half*, const __half*, const __half*, const __half*, const int*, __half*, int, int);"
     ],
@@ -95,10 +97,11 @@ int main() {
     std::printf("rows_per_block %d\n", wenet::kLayerNormRowsPerBlock);
     std::printf("attn %d %d %d\n", wenet::kAttnBlockN, wenet::kAttnThreads, wenet::kAttnPad);
     std::printf("mma %d %d %d %d\n", wenet::kMmaWarps, wenet::kMmaBlockN, wenet::kMmaPad, wenet::kMmaStages);
+    std::printf("tf32 %d %d %d %d\n", wenet::kTf32Warps, wenet::kTf32BlockN, wenet::kTf32Pad, wenet::kTf32Stages);
     for (int dk = 16; dk <= 128; dk += 16)
         for (int rows = 1; rows <= 4; rows *= 2)
-            std::printf("smem %d %d %d %d\n", dk, rows, wenet::relpos_attention_smem_bytes(dk, rows),
-                        wenet::relpos_attention_mma_smem_bytes(dk));
+            std::printf("smem %d %d %d %d %d\n", dk, rows, wenet::relpos_attention_smem_bytes(dk, rows),
+                        wenet::relpos_attention_mma_smem_bytes(dk), wenet::relpos_attention_tf32x3_smem_bytes(dk));
     return 0;
 }
 """
@@ -115,9 +118,13 @@ def test_launch_constants_mirror_the_cuda_source(tmp_path):
     assert lines[1][1:] == [str(v) for v in (launch.ATTENTION_BLOCK_N, launch.ATTENTION_THREADS, launch.ATTENTION_PAD)]
     assert lines[2][1:] == [str(v) for v in (launch.ATTENTION_MMA_WARPS, launch.ATTENTION_MMA_BLOCK_N,
                                              launch.ATTENTION_MMA_PAD, launch.ATTENTION_MMA_STAGES)]
-    assert len(lines) == 3 + 8 * 3
-    for _, dk, rows, simt, mma in lines[3:]:
+    assert lines[3][1:] == [str(v) for v in (launch.ATTENTION_TF32_WARPS, launch.ATTENTION_TF32_BLOCK_N,
+                                             launch.ATTENTION_TF32_PAD, launch.ATTENTION_TF32_STAGES)]
+    assert len(lines) == 4 + 8 * 3
+    for _, dk, rows, simt, mma, tf32 in lines[4:]:
         assert int(simt) == launch.attention_smem_bytes(int(dk), int(rows))
         assert int(mma) == launch.attention_mma_smem_bytes(int(dk))
-    # WeNet's d_k = 64 fits the 99 KB per block of sm_86/sm_89 in both kernels.
-    assert launch.attention_smem_bytes(64) <= 99 * 1024 and launch.attention_mma_smem_bytes(64) <= 99 * 1024
+        assert int(tf32) == launch.attention_tf32x3_smem_bytes(int(dk))
+    # WeNet's d_k = 64 fits the 99 KB per block of sm_86/sm_89 in every kernel.
+    for smem in (launch.attention_smem_bytes(64), launch.attention_mma_smem_bytes(64), launch.attention_tf32x3_smem_bytes(64)):
+        assert smem <= 99 * 1024

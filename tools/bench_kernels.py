@@ -8,7 +8,7 @@ with the float64 NumPy references of plugins/reference.py by ||out - ref|| / ||r
               floor = bytes moved (inputs read once, outputs written once) / measured copy bandwidth
   attention   plugin (one kernel)  vs  (a) SDPA with the rel-pos term as an additive float mask, the mask
               built by a matmul + masked_fill, (b) SDPA alone given that mask, (c) the unfused math;
-              floor = max(bytes / bandwidth, FMAs / peak FMA rate of the unit the kernel uses)
+              floor = max(bytes / bandwidth, FMAs / peak FMA rate of the unit the launched kernel uses)
 
 Shapes: batch {1,4,16} x T' {16,64,256} and 64 x 1024 (rows of 256 for LayerNorm; 4 heads x 64 for
 attention), plus odd sizes and lengths below T' for the correctness pass. Times are medians of CUDA
@@ -40,9 +40,11 @@ ODD_SHAPES = [(3, 37), (2, 129), (5, 1)]  # correctness only
 MODEL_DIM, HEADS, HEAD_DIM = 256, 4, 64
 LIMITS = {"float32": 1e-5, "float16": 1e-3}
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
-# Datasheet rates of the H100 SXM: FP32 on the CUDA cores (132 SMs x 128 lanes x 1.98 GHz), and dense FP16
-# with FP32 accumulation on the tensor cores (989 TFLOP/s); the FP16 attention kernel uses the latter.
-PEAK_FMA_PER_S = {"float32": 132 * 128 * 1.98e9, "float16": 989.4e12 / 2}
+# Datasheet rates of the H100 SXM for the units the attention kernels use: FP32 runs as three TF32
+# tensor-core products per FMA (dense TF32 494.7 TFLOP/s), FP16 on the tensor cores with FP32
+# accumulation (989.4 TFLOP/s). For reference, the CUDA cores do 132 SMs x 128 lanes x 1.98 GHz FP32 FMAs.
+PEAK_FMA_PER_S = {"float32": 494.7e12 / 2 / 3, "float16": 989.4e12 / 2}
+CUDA_CORE_FMA_PER_S = 132 * 128 * 1.98e9
 EPS = 1e-5
 REF_BATCHES_MAX = 4  # float64 references for at most this many sequences of a batch (each is independent)
 
@@ -174,20 +176,21 @@ def attn_inputs(batch, seq, dtype, lengths=None):
     return q, k, v, p, u, w, torch.as_tensor(lengths, dtype=torch.int32).cuda()
 
 
-def attn_plugin(q, k, v, p, u, w, lengths, out, rows_per_thread=None):
+def attn_plugin(q, k, v, p, u, w, lengths, out, rows_per_thread=None, fp32_kernel=None):
     batch = lengths.shape[0]
     launch.relpos_attention(
         q.data_ptr(), k.data_ptr(), v.data_ptr(), p.data_ptr(), u.data_ptr(), w.data_ptr(), lengths.data_ptr(),
         out.data_ptr(), batch=batch, seq_len=q.shape[0] // batch, heads=HEADS, head_dim=HEAD_DIM,
         dtype=np.dtype(str(q.dtype).removeprefix("torch.")), stream=stream_handle(), rows_per_thread=rows_per_thread,
+        fp32_kernel=fp32_kernel,
     )
 
 
-def check_attention(batch, seq, dtype_name, lengths=None, rows_per_thread=None) -> dict:
+def check_attention(batch, seq, dtype_name, lengths=None, rows_per_thread=None, fp32_kernel=None) -> dict:
     dtype = DTYPES[dtype_name]
     q, k, v, p, u, w, lengths = attn_inputs(batch, seq, dtype, lengths)
     out = torch.full_like(q, float("nan"))
-    attn_plugin(q, k, v, p, u, w, lengths, out, rows_per_thread)
+    attn_plugin(q, k, v, p, u, w, lengths, out, rows_per_thread, fp32_kernel)
     torch.cuda.synchronize()
     # Each sequence is independent: the float64 reference runs on a few of them for large batches.
     picks = sorted({0, batch - 1, *range(0, batch, max(1, batch // REF_BATCHES_MAX))})[:REF_BATCHES_MAX + 1]
@@ -196,7 +199,7 @@ def check_attention(batch, seq, dtype_name, lengths=None, rows_per_thread=None) 
                                           lengths.cpu().numpy()[picks], HEADS)
     err = rel_err(rows(out), ref)
     unwritten = int(torch.isnan(out).sum())  # every row, padded or not, must be written
-    name = "relpos_attention" + (f" R={rows_per_thread}" if rows_per_thread else "")
+    name = "relpos_attention" + (f" {fp32_kernel}" if fp32_kernel else "") + (f" R={rows_per_thread}" if rows_per_thread else "")
     return {"kernel": name, "dtype": dtype_name, "batch": batch, "seq": seq,
             "lengths": lengths.cpu().tolist() if batch <= 16 else "random", "checked_batches": picks,
             "rel_err": {"out": err}, "unwritten": unwritten, "ok": err <= LIMITS[dtype_name] and unwritten == 0}
@@ -207,6 +210,8 @@ def time_attention(batch, seq, dtype_name, bandwidth) -> dict:
     q, k, v, p, u, w, lengths = attn_inputs(batch, seq, dtype)
     out = torch.empty_like(q)
     plugin_us = graph_time_us(lambda: attn_plugin(q, k, v, p, u, w, lengths, out))
+    fp32_us = {name: graph_time_us(lambda: attn_plugin(q, k, v, p, u, w, lengths, out, fp32_kernel=name))
+               for name in launch.FP32_ATTENTION_KERNELS} if dtype_name == "float32" else None
 
     scale = 1.0 / math.sqrt(HEAD_DIM)
     heads4 = lambda t: t.view(batch, seq, HEADS, HEAD_DIM).transpose(1, 2)  # noqa: E731  [B,H,T,dk] view
@@ -240,9 +245,11 @@ def time_attention(batch, seq, dtype_name, bandwidth) -> dict:
     unfused_us = graph_time_us(unfused)
     nbytes = (4 * batch * seq + seq) * HEADS * HEAD_DIM * q.element_size()
     fmas = batch * HEADS * seq * seq * 3 * HEAD_DIM  # all keys; the kernel skips keys past the length
-    floor_us = max(nbytes / bandwidth, fmas / PEAK_FMA_PER_S[dtype_name]) * 1e6
+    simt = dtype_name == "float32" and launch.fp32_attention_kernel(batch, seq, HEADS) == "simt"
+    floor_us = max(nbytes / bandwidth, fmas / (CUDA_CORE_FMA_PER_S if simt else PEAK_FMA_PER_S[dtype_name])) * 1e6
     return {"kernel": "relpos_attention", "dtype": dtype_name, "batch": batch, "seq": seq,
             "lengths": lengths.cpu().tolist() if batch <= 16 else "random", "plugin_us": plugin_us,
+            "fp32_kernel_us": fp32_us,
             "sdpa_with_bias_total_us": sdpa_total_us, "sdpa_given_bias_us": sdpa_only_us,
             "unfused_us": unfused_us, "floor_us": floor_us}
 
@@ -250,11 +257,11 @@ def time_attention(batch, seq, dtype_name, bandwidth) -> dict:
 def sweep_rows_per_thread() -> list[dict]:
     """FP32 attention time for each block size R, to check the launcher's choice."""
     rows_out = []
-    print(f"\nFP32 attention, us by rows per thread R (launcher: the largest R whose grid fills half the SMs)")
+    print(f"\nFP32 CUDA-core attention, us by rows per thread R (launcher: the largest R whose grid fills half the SMs)")
     for batch, seq in [(1, 256), (4, 256), (16, 256), (16, 64), (64, 1024)]:
         q, k, v, p, u, w, lengths = attn_inputs(batch, seq, torch.float32)
         out = torch.empty_like(q)
-        times = {r: graph_time_us(lambda: attn_plugin(q, k, v, p, u, w, lengths, out, r)) for r in (1, 2, 4)}
+        times = {r: graph_time_us(lambda: attn_plugin(q, k, v, p, u, w, lengths, out, r, "simt")) for r in (1, 2, 4)}
         picked = launch.attention_rows_per_thread(batch, seq, HEADS, torch.cuda.get_device_properties(0).multi_processor_count)
         rows_out.append({"batch": batch, "seq": seq, "us_by_rows": times, "picked": picked})
         print(f"  {batch}x{seq}: " + "  ".join(f"R={r}: {t:.2f}" for r, t in times.items()) + f"   picked R={picked}")
@@ -309,21 +316,23 @@ def run_plugin_checks() -> list[dict]:
                             "batch": batch, "seq": seq, "rel_err": {"out": err}, "same_as_kernel": same,
                             "ok": same and err <= LIMITS[dtype_name]})
 
-        q, k, v, p, u, w, lengths = attn_inputs(batch, seq, dtype)
-        plugin = trt_plugins.create_plugin(names.ATTENTION_PLUGIN_NAME, [
-            trt.PluginField(names.ATTENTION_FIELD_HEADS, np.array([HEADS], np.int32), trt.PluginFieldType.INT32)])
-        shape = (batch, seq, HEADS * HEAD_DIM)
-        out = torch.full(shape, float("nan"), dtype=dtype, device="cuda")
-        enqueue(plugin, [q.view(shape), k.view(shape), v.view(shape), p, u, w, lengths], [out])
-        direct = torch.full_like(q, float("nan"))
-        attn_plugin(q, k, v, p, u, w, lengths, direct)
-        torch.cuda.synchronize()
-        same = torch.equal(out.view(-1), direct.view(-1))
-        ref = reference.rel_pos_attention_ref(host64(q), host64(k), host64(v), host64(p), host64(u), host64(w),
-                                              lengths.cpu().numpy(), HEADS)
-        err = rel_err(host64(out).reshape(ref.shape), ref)
-        results.append({"kernel": f"plugin {plugin.plugin_name}", "dtype": dtype_name, "batch": batch, "seq": seq,
-                        "rel_err": {"out": err}, "same_as_kernel": same, "ok": same and err <= LIMITS[dtype_name]})
+        for batch_a, seq_a in ((batch, seq), (16, 256)):  # FP32: the CUDA-core kernel, then 3xTF32
+            q, k, v, p, u, w, lengths = attn_inputs(batch_a, seq_a, dtype)
+            plugin = trt_plugins.create_plugin(names.ATTENTION_PLUGIN_NAME, [
+                trt.PluginField(names.ATTENTION_FIELD_HEADS, np.array([HEADS], np.int32), trt.PluginFieldType.INT32)])
+            shape = (batch_a, seq_a, HEADS * HEAD_DIM)
+            out = torch.full(shape, float("nan"), dtype=dtype, device="cuda")
+            enqueue(plugin, [q.view(shape), k.view(shape), v.view(shape), p, u, w, lengths], [out])
+            direct = torch.full_like(q, float("nan"))
+            attn_plugin(q, k, v, p, u, w, lengths, direct)
+            torch.cuda.synchronize()
+            same = torch.equal(out.view(-1), direct.view(-1))
+            ref = reference.rel_pos_attention_ref(host64(q), host64(k), host64(v), host64(p), host64(u), host64(w),
+                                                  lengths.cpu().numpy(), HEADS)
+            err = rel_err(host64(out).reshape(ref.shape), ref)
+            results.append({"kernel": f"plugin {plugin.plugin_name} {batch_a}x{seq_a}", "dtype": dtype_name,
+                            "batch": batch_a, "seq": seq_a, "rel_err": {"out": err}, "same_as_kernel": same,
+                            "ok": same and err <= LIMITS[dtype_name]})
     for r in results:
         print(f"{r['kernel']:<34}{r['dtype']:<9}{r['rel_err']['out']:>10.2e}  bitwise = kernel: {r['same_as_kernel']}"
               f"  {'yes' if r['ok'] else 'NO'}")
@@ -343,9 +352,15 @@ def run_checks() -> list[dict]:
         results.append(check_layernorm(4 * 64, MODEL_DIM, dtype_name, residual=False))
         # A sequence of length 0 (zeros), lengths of 1 and lengths just past a key tile.
         results.append(check_attention(4, 130, dtype_name, lengths=[0, 1, 65, 130]))
-    for rows in (1, 2, 4):  # every FP32 block size, whichever the launcher would pick
-        results.append(check_attention(3, 77, "float32", rows_per_thread=rows))
-        results.append(check_attention(2, 300, "float32", lengths=[300, 131], rows_per_thread=rows))
+    for batch, seq in GRID_SHAPES + ODD_SHAPES:  # both FP32 kernels on every shape, whichever is picked
+        other = "simt" if launch.fp32_attention_kernel(batch, seq, HEADS) == "tf32x3" else "tf32x3"
+        results.append(check_attention(batch, seq, "float32", fp32_kernel=other))
+    results.append(check_attention(4, 130, "float32", lengths=[0, 1, 65, 130], fp32_kernel="tf32x3"))
+    for rows in (1, 2, 4):  # the CUDA-core FP32 kernel, every block size
+        results.append(check_attention(3, 77, "float32", rows_per_thread=rows, fp32_kernel="simt"))
+        results.append(check_attention(2, 300, "float32", lengths=[300, 131], rows_per_thread=rows, fp32_kernel="simt"))
+        results.append(check_attention(4, 130, "float32", lengths=[0, 1, 65, 130], rows_per_thread=rows,
+                                       fp32_kernel="simt"))
     return results
 
 
@@ -364,7 +379,8 @@ def print_timings(rows):
         print(f"{r['kernel']:<20}{r['dtype']:<9}{str(r['batch']) + 'x' + str(r['seq']):<10}{r['plugin_us']:>10.2f}"
               f"{torch_us:>10.2f}{r.get('sdpa_with_bias_total_us', float('nan')):>10.2f}"
               f"{r.get('sdpa_given_bias_us', float('nan')):>10.2f}{r.get('unfused_us', float('nan')):>10.2f}"
-              f"{r['floor_us']:>10.2f}{r['plugin_us'] / r['floor_us']:>11.2f}")
+              f"{r['floor_us']:>10.2f}{r['plugin_us'] / r['floor_us']:>11.2f}"
+              + ("   " + "  ".join(f"{n} {t:.2f}" for n, t in r["fp32_kernel_us"].items()) if r.get("fp32_kernel_us") else ""))
 
 
 def main(argv=None) -> int:
