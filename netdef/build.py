@@ -171,6 +171,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     src.add_argument("--model", default="aishell", choices=("aishell", "tiny"), help="built-in model used when --weights is not given (default: aishell)")
     src.add_argument("--parser", action="store_true", help="build the baseline from ONNX with TensorRT's ONNX parser instead")
     src.add_argument("--onnx", type=Path, help="with --parser: folder holding encoder.onnx and decoder.onnx (default: the built-in model's)")
+    src.add_argument("--parser-fp32-ops", action="append", default=[], metavar="OP",
+                     help="with --parser --fp16: ONNX op types the FP16 conversion keeps in FP32, e.g. ReduceMean (repeatable)")
     ap.add_argument("--out", type=Path, default=None, help="output folder for the plans and manifest.json (default: out/<model>-<netdef|parser>-<fp16|fp32>)")
     ap.add_argument("--networks", default="encoder,decoder", help="comma list of networks to build (default: encoder,decoder)")
     prec = ap.add_argument_group("precision (networks are strongly typed)")
@@ -218,18 +220,20 @@ def _run(args) -> int:
     policy = None if args.parser else make_policy(args.fp16, args.fp32, args.half)
 
     model = None
-    if args.weights is None or (args.parser and args.onnx is None):
+    if (args.onnx is None) if args.parser else (args.weights is None):
         from weights.default_model import ensure_model
 
         model = ensure_model(args.model)
-    out = args.out or Path("out") / f"{args.model if args.weights is None else args.weights.name}-{'parser' if args.parser else 'netdef'}-{precision}"
+    source = args.onnx if args.parser else args.weights
+    out = args.out or Path("out") / f"{args.model if source is None else source.resolve().name}-{'parser' if args.parser else 'netdef'}-{precision}"
 
     start = time.perf_counter()
     if args.parser:
         from .parser_baseline import build_parser_engines
 
         onnx_dir = args.onnx or model.dir
-        manifest = build_parser_engines(onnx_dir, out, fp16=args.fp16, profile=profile, quiet=args.quiet)
+        manifest = build_parser_engines(onnx_dir, out, fp16=args.fp16, profile=profile, quiet=args.quiet,
+                                        fp32_ops=tuple(args.parser_fp32_ops))
     else:
         from weights.loader import load_weights
 
