@@ -1,6 +1,8 @@
-// WeNet's relative-position self-attention, one kernel per call, flash-attention style: two kernels,
-// relpos_attention_kernel (FP32 on the CUDA cores) and relpos_attention_mma_kernel (FP16 on the tensor
-// cores, FP32 accumulation and softmax; further below), computing the same function.
+// WeNet's relative-position self-attention, one kernel per call, flash-attention style. Three kernels
+// compute the same function: relpos_attention_kernel (FP32 on the CUDA cores),
+// relpos_attention_mma_kernel (FP16 on the tensor cores, FP32 accumulation and softmax) and
+// relpos_attention_tf32x3_kernel (FP32 on the tensor cores, each product as three TF32 products);
+// plugins/launch.py picks one by type and size.
 //
 // For batch b, head h, query i and key j (all heads of q/k/v interleaved as [B*T, H*DK], row-major):
 //   score(i, j) = ((q_i + pos_bias_u) . k_j + (q_i + pos_bias_v) . p_j) / sqrt(DK)
