@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from netdef.backend import HAS_PLUGIN_V3, create_network, trt
+from netdef.backend import HAS_PLUGIN_V3, LOGGER, create_network, trt
 from netdef.evaluator import evaluate
 from netdef.evaluator.plugins import lookup_plugin_reference, plugin_fields
 from plugins import names, reference
@@ -141,7 +141,7 @@ def test_valid_shapes_pass_including_batched_position_projection():
 
 
 def test_plugin_layer_is_added_or_refused_clearly_by_backend():
-    builder = trt.Builder(trt.Logger(trt.Logger.ERROR))
+    builder = trt.Builder(LOGGER)
     network = create_network(builder)
     x = network.add_input("x", trt.float32, (2, 256))
     gamma = network.add_input("gamma", trt.float32, (256,))
@@ -157,7 +157,7 @@ def test_plugin_layer_is_added_or_refused_clearly_by_backend():
 
 # ------------------------------------------------------------------- CPU references vs native layers
 def _native_network():
-    builder = trt.Builder(trt.Logger(trt.Logger.ERROR))
+    builder = trt.Builder(LOGGER)
     return builder, create_network(builder)
 
 

@@ -304,10 +304,13 @@ def _check_io(g: Graph, inputs, outputs, other: str) -> None:
         raise g.fail("; ".join(what) + hint)
 
 
-def extract_encoder(path: Path) -> tuple[Mapping, dict, dict]:
-    """(mapping, encoder config, top-level facts: vocab_size, beam_size) of an encoder.onnx."""
-    g = Graph(path, "encoder")
-    _check_io(g, ENCODER_INPUTS, ENCODER_OUTPUTS, "decoder")
+def _map_graph(path: Path, network: str, inputs, outputs, other: str):
+    """Open and check one graph, map its named initializers and linear layers.
+
+    Returns (graph, mapping, tensors by WeNet name, need), where need(name) is the tensor or an
+    error naming the file and the missing tensor."""
+    g = Graph(path, network)
+    _check_io(g, inputs, outputs, other)
     m = Mapping(g)
     map_named(m)
     map_linears(m)
@@ -318,6 +321,12 @@ def extract_encoder(path: Path) -> tuple[Mapping, dict, dict]:
             raise g.fail(f"no tensor for {name}")
         return t[name]
 
+    return g, m, t, need
+
+
+def extract_encoder(path: Path) -> tuple[Mapping, dict, dict]:
+    """(mapping, encoder config, top-level facts: vocab_size, beam_size) of an encoder.onnx."""
+    g, m, t, need = _map_graph(path, "encoder", ENCODER_INPUTS, ENCODER_OUTPUTS, "decoder")
     d = need("encoder.after_norm.weight").shape[0]
     blocks = block_count(g, t, "encoder.encoders")
     # linear_pos has no bias: it is the MatMul behind the key of (q + pos_bias_v) @ p^T.
@@ -423,18 +432,7 @@ def _ffn_activation(g: Graph, w1_bias: str) -> str:
 
 def extract_decoder(path: Path) -> tuple[Mapping, dict, dict]:
     """(mapping, decoder config, top-level facts: vocab_size, ctc_weight, beam_size) of a decoder.onnx."""
-    g = Graph(path, "decoder")
-    _check_io(g, DECODER_INPUTS, ("best_index",), "encoder")
-    m = Mapping(g)
-    map_named(m)
-    map_linears(m)
-    t = m.tensors
-
-    def need(name: str) -> np.ndarray:
-        if name not in t:
-            raise g.fail(f"no tensor for {name}")
-        return t[name]
-
+    g, m, t, need = _map_graph(path, "decoder", DECODER_INPUTS, ("best_index",), "encoder")
     embed = need("decoder.embed.0.weight")
     if "decoder.embed.1.pe" not in t:
         # The token embedding Gather -> Mul(sqrt(d)) -> Add(pe slice): the Add's other operand.
