@@ -272,6 +272,47 @@ __device__ __forceinline__ unsigned biased_q_pair(const __half* q_row, bool vali
     return pack_half2(qq.x + bb.x, qq.y + bb.y);
 }
 
+// One key tile's online-softmax step on mma accumulator fragments (rows g and g+8 of a warp's 16
+// queries; lane t = lane % 4 holds keys 2t, 2t+1 of each 8-key tile): scale the scores into log2 units,
+// mask keys >= length (probability 0), update the running max and sum, turn the scores into
+// probabilities and rescale the output accumulators. Shared by the FP16 and the 3xTF32 kernels.
+template <int kScoreTiles, int kOutTiles>
+__device__ __forceinline__ void online_softmax_step(float (&score)[kScoreTiles][4], float (&acc)[kOutTiles][4],
+                                                    float (&row_max)[2], float (&row_sum)[2], int n0, int t,
+                                                    int length, float score_scale) {
+    float tile_max[2] = {neg_inf(), neg_inf()};
+#pragma unroll
+    for (int nt = 0; nt < kScoreTiles; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int key = n0 + nt * 8 + 2 * t + (i & 1);
+            score[nt][i] = key < length ? score[nt][i] * score_scale : neg_inf();
+            tile_max[i / 2] = fmaxf(tile_max[i / 2], score[nt][i]);
+        }
+    float rescale[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const float new_max = fmaxf(row_max[r], group_max<4>(tile_max[r]));  // finite: key n0 < length
+        rescale[r] = exp2f(row_max[r] - new_max);
+        row_max[r] = new_max;
+        row_sum[r] *= rescale[r];
+    }
+#pragma unroll
+    for (int nt = 0; nt < kScoreTiles; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            score[nt][i] = exp2f(score[nt][i] - row_max[i / 2]);
+            row_sum[i / 2] += score[nt][i];
+        }
+#pragma unroll
+    for (int dt = 0; dt < kOutTiles; ++dt) {
+        acc[dt][0] *= rescale[0];
+        acc[dt][1] *= rescale[0];
+        acc[dt][2] *= rescale[1];
+        acc[dt][3] *= rescale[1];
+    }
+}
+
 template <int DK>
 __global__ void __launch_bounds__(32 * kMmaWarps)
 relpos_attention_mma_kernel(const __half* __restrict__ q, const __half* __restrict__ k, const __half* __restrict__ v,
@@ -378,38 +419,7 @@ relpos_attention_mma_kernel(const __half* __restrict__ q, const __half* __restri
             }
         }
 
-        // Online softmax; masked keys (>= length) get probability 0.
-        float tile_max[2] = {neg_inf(), neg_inf()};
-#pragma unroll
-        for (int nt = 0; nt < kScoreTiles; ++nt)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                const int key = n0 + nt * 8 + 2 * t + (i & 1);
-                score[nt][i] = key < length ? score[nt][i] * score_scale : neg_inf();
-                tile_max[i / 2] = fmaxf(tile_max[i / 2], score[nt][i]);
-            }
-        float rescale[2];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const float new_max = fmaxf(row_max[r], group_max<4>(tile_max[r]));  // finite: key n0 < length
-            rescale[r] = exp2f(row_max[r] - new_max);
-            row_max[r] = new_max;
-            row_sum[r] *= rescale[r];
-        }
-#pragma unroll
-        for (int nt = 0; nt < kScoreTiles; ++nt)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                score[nt][i] = exp2f(score[nt][i] - row_max[i / 2]);
-                row_sum[i / 2] += score[nt][i];
-            }
-#pragma unroll
-        for (int dt = 0; dt < kOutTiles; ++dt) {
-            acc[dt][0] *= rescale[0];
-            acc[dt][1] *= rescale[0];
-            acc[dt][2] *= rescale[1];
-            acc[dt][3] *= rescale[1];
-        }
+        online_softmax_step(score, acc, row_max, row_sum, n0, t, length, score_scale);
 
         // out += probabilities x v: score tiles 2j, 2j+1 are the A fragment of key step j.
 #pragma unroll
@@ -596,38 +606,7 @@ relpos_attention_tf32x3_kernel(const float* __restrict__ q, const float* __restr
             }
         }
 
-        // Online softmax; masked keys (>= length) get probability 0.
-        float tile_max[2] = {neg_inf(), neg_inf()};
-#pragma unroll
-        for (int nt = 0; nt < kScoreTiles; ++nt)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                const int key = n0 + nt * 8 + 2 * t + (i & 1);
-                score[nt][i] = key < length ? score[nt][i] * score_scale : neg_inf();
-                tile_max[i / 2] = fmaxf(tile_max[i / 2], score[nt][i]);
-            }
-        float rescale[2];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const float new_max = fmaxf(row_max[r], group_max<4>(tile_max[r]));  // finite: key n0 < length
-            rescale[r] = exp2f(row_max[r] - new_max);
-            row_max[r] = new_max;
-            row_sum[r] *= rescale[r];
-        }
-#pragma unroll
-        for (int nt = 0; nt < kScoreTiles; ++nt)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                score[nt][i] = exp2f(score[nt][i] - row_max[i / 2]);
-                row_sum[i / 2] += score[nt][i];
-            }
-#pragma unroll
-        for (int dt = 0; dt < kOutTiles; ++dt) {
-            acc[dt][0] *= rescale[0];
-            acc[dt][1] *= rescale[0];
-            acc[dt][2] *= rescale[1];
-            acc[dt][3] *= rescale[1];
-        }
+        online_softmax_step(score, acc, row_max, row_sum, n0, t, length, score_scale);
 
         // out += probabilities x v, summed per key tile from zero and then added to the running output
         // with FP32 adds: the tensor cores' accumulation truncates, and one chain over all T' keys into
