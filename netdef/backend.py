@@ -8,6 +8,9 @@ from __future__ import annotations
 import importlib
 import logging
 
+import ml_dtypes
+import numpy as np
+
 log = logging.getLogger("netdef")
 
 _CANDIDATES = ("tensorrt", "tensorrt_rtx")
@@ -41,6 +44,31 @@ HAS_PLUGIN_V3 = hasattr(trt.INetworkDefinition, "add_plugin_v3")
 # One logger for the whole process: TensorRT keeps the first logger a process hands it, so a
 # short-lived second logger that is later freed can crash a later builder or parser.
 LOGGER = trt.Logger(trt.Logger.WARNING)
+
+
+# TensorRT DataType name -> NumPy dtype (bfloat16 and the FP8/FP4/INT4 types through ml_dtypes).
+_NUMPY_TYPES = {
+    "FLOAT": np.dtype(np.float32),
+    "HALF": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "INT8": np.dtype(np.int8),
+    "UINT8": np.dtype(np.uint8),
+    "BOOL": np.dtype(np.bool_),
+    "FP8": np.dtype(ml_dtypes.float8_e4m3fn),
+    "INT4": np.dtype(ml_dtypes.int4),
+    "FP4": np.dtype(ml_dtypes.float4_e2m1fn),
+}
+
+
+def trt_type_name(trt_dtype) -> str:
+    return str(trt_dtype).split(".")[-1]
+
+
+def np_dtype(trt_dtype) -> np.dtype | None:
+    """NumPy dtype for a TensorRT DataType, None for types NumPy cannot hold (E8M0)."""
+    return _NUMPY_TYPES.get(trt_type_name(trt_dtype))
 
 
 def describe() -> str:

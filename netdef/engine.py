@@ -15,8 +15,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from .backend import BACKEND_NAME, VERSION, trt
 
 MANIFEST_NAME = "manifest.json"
@@ -195,20 +193,3 @@ def write_manifest(out_dir: Path, *, kind: str, precision: str, plans: list[Plan
 def source_entry(path: str | os.PathLike) -> dict:
     path = Path(path)
     return {"path": str(path.resolve()), "sha256": sha256_file(path)}
-
-
-def np_dtype_of(trt_dtype) -> np.dtype:
-    """NumPy dtype for a TensorRT DataType (bool, int32, int64, float16, float32...)."""
-    table = {
-        trt.float32: np.float32,
-        trt.float16: np.float16,
-        trt.int32: np.int32,
-        trt.int64: np.int64,
-        trt.bool: np.bool_,
-        trt.int8: np.int8,
-        trt.uint8: np.uint8,
-    }
-    try:
-        return np.dtype(table[trt_dtype])
-    except KeyError:
-        raise TypeError(f"no NumPy dtype for TensorRT type {trt_dtype}") from None

@@ -17,10 +17,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .backend import trt
+from .backend import np_dtype, trt
 
 FLOAT_TYPES = {"fp32": trt.float32, "fp16": trt.float16}
-_NP_OF_TRT = {trt.float32: np.float32, trt.float16: np.float16, trt.int32: np.int32, trt.int64: np.int64, trt.bool: np.bool_}
 
 
 @dataclass
@@ -177,9 +176,9 @@ def constant(array, dtype=None, op: str = "const") -> Tensor:
     ctx = current()
     array = np.asarray(array)
     if array.dtype.kind == "f":
-        np_type = _NP_OF_TRT[dtype if dtype is not None else compute_dtype()]
+        np_type = np_dtype(dtype if dtype is not None else compute_dtype())
     elif dtype is not None:
-        np_type = _NP_OF_TRT[dtype]
+        np_type = np_dtype(dtype)
     else:
         np_type = array.dtype
     array = np.array(array, dtype=np_type, order="C")  # a copy TensorRT can point at; keeps 0-d arrays 0-d
@@ -195,7 +194,7 @@ def scalar_like(value, like: Tensor, ndim: int | None = None) -> Tensor:
     ctx = current()
     if key not in ctx.constants:
         with _root_scope():
-            ctx.constants[key] = constant(np.full([1] * ndim, value, _NP_OF_TRT[like.dtype]), like.dtype, op=f"scalar_{value}")
+            ctx.constants[key] = constant(np.full([1] * ndim, value, np_dtype(like.dtype)), like.dtype, op=f"scalar_{value}")
     return ctx.constants[key]
 
 
@@ -385,7 +384,7 @@ def concat(tensors: Sequence[Tensor], axis: int) -> Tensor:
 
 def arange(length: Tensor, dtype, start: float = 0, step: float = 1) -> Tensor:
     """[start, start+step, ...] with a runtime length (a 1-element shape tensor)."""
-    np_type = _NP_OF_TRT[dtype]
+    np_type = np_dtype(dtype)
     with _root_scope():
         alpha = constant(np.array(start, np_type), dtype, op="arange_start")
         beta = constant(np.array([step], np_type), dtype, op="arange_step")
@@ -466,12 +465,12 @@ def conv2d(
 ) -> Tensor:
     """2-D convolution, NCHW, PyTorch's [out, in/groups, kh, kw] weight, in the scope's dtype."""
     x = to_compute(x)
-    np_type = _NP_OF_TRT[compute_dtype()]
+    np_type = np_dtype(compute_dtype())
     w = np.ascontiguousarray(np.asarray(weight).astype(np_type))
     b = np.ascontiguousarray(np.asarray(bias).astype(np_type)) if bias is not None else None
     current().keepalive.extend([w] + ([b] if b is not None else []))
     layer = current().network.add_convolution_nd(
-        x.trt, w.shape[0], tuple(w.shape[2:]), trt.Weights(w), trt.Weights(b) if b is not None else trt.Weights(_NP_OF_TRT[compute_dtype()])
+        x.trt, w.shape[0], tuple(w.shape[2:]), trt.Weights(w), trt.Weights(b) if b is not None else trt.Weights(compute_dtype())
     )
     layer.stride_nd = tuple(stride)
     layer.padding_nd = tuple(padding)

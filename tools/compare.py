@@ -28,7 +28,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from netdef.backend import describe  # noqa: E402
-from netdef.engine import atomic_write_bytes, atomic_write_json, np_dtype_of  # noqa: E402
+from netdef.backend import np_dtype  # noqa: E402
+from netdef.engine import atomic_write_bytes, atomic_write_json  # noqa: E402
 from netdef.metrics import HACKATHON_CASES, THRESHOLDS, hackathon_metrics  # noqa: E402
 from netdef.profiles import ProfileSpec  # noqa: E402
 
@@ -67,7 +68,7 @@ def case_tensors(cases, network: str, batch: int, seq: int) -> dict[str, np.ndar
 
 
 def network_io(network) -> tuple[dict[str, np.dtype], list[str]]:
-    inputs = {network.get_input(i).name: np_dtype_of(network.get_input(i).dtype) for i in range(network.num_inputs)}
+    inputs = {network.get_input(i).name: np_dtype(network.get_input(i).dtype) for i in range(network.num_inputs)}
     outputs = [network.get_output(i).name for i in range(network.num_outputs)]
     return inputs, outputs
 

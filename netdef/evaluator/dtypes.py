@@ -1,32 +1,11 @@
-"""TensorRT data types as NumPy dtypes (bfloat16 through ml_dtypes, which onnx depends on)."""
+"""TensorRT data types as NumPy dtypes (the table lives in netdef.backend), and FP32 widening."""
 from __future__ import annotations
 
 import ml_dtypes
 import numpy as np
 
 
-_TABLE = {
-    "FLOAT": np.dtype(np.float32),
-    "HALF": np.dtype(np.float16),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "INT8": np.dtype(np.int8),
-    "UINT8": np.dtype(np.uint8),
-    "BOOL": np.dtype(np.bool_),
-    "FP8": np.dtype(ml_dtypes.float8_e4m3fn),
-    "INT4": np.dtype(ml_dtypes.int4),
-    "FP4": np.dtype(ml_dtypes.float4_e2m1fn),
-}
-
-
-def trt_type_name(trt_dtype) -> str:
-    return str(trt_dtype).split(".")[-1]
-
-
-def np_dtype(trt_dtype) -> np.dtype | None:
-    """NumPy dtype for a TensorRT DataType, None for types NumPy cannot hold (E8M0)."""
-    return _TABLE.get(trt_type_name(trt_dtype))
+from ..backend import np_dtype, trt_type_name  # noqa: E402,F401 - the one TensorRT -> NumPy table
 
 
 FP8_E4M3 = np.dtype(ml_dtypes.float8_e4m3fn)
