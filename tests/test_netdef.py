@@ -171,3 +171,20 @@ def test_plugins_refused_without_plugin_layers(tiny_model, tmp_path, capsys):
         pytest.skip("full TensorRT with plugin layers is installed: nothing to refuse")
     (line,) = _cli_error(["--weights", str(tiny_model.weights_dir), "--plugins", "layernorm"], capsys, tmp_path)
     assert "plugin" in line and "full TensorRT" in line
+
+
+def test_wenet_default_decoder_export(tmp_path):
+    """WeNet's default export (decoder outputs best_index only, ctc_weight baked in): the netdef decoder
+    builds best_index and matches it; decoder_out stays available as an option."""
+    from tools.export_wenet import export
+    from tools.extract_weights import extract_to
+
+    export("tiny", 3, tmp_path / "onnx", decoder="best_index")
+    extract_to(tmp_path / "onnx" / "encoder.onnx", tmp_path / "onnx" / "decoder.onnx", tmp_path / "w")
+    weights = load_weights(tmp_path / "w")
+    definitions = build_networks(weights, False, networks=("decoder",))
+    assert definitions["decoder"].outputs == ("best_index",)
+    report = verify_definitions(definitions, np.load(tmp_path / "onnx" / "cases.npz"), progress=False)
+    assert [r["a"] for r in rows(report, "best_index")] == [0.0] * len(HACKATHON_CASES)
+    net = build_networks(weights, False, outputs=["decoder_out", "best_index"], networks=("decoder",))["decoder"].network
+    assert {net.get_output(i).name for i in range(net.num_outputs)} == {"decoder_out", "best_index"}
