@@ -132,7 +132,10 @@ def decoder_network(weights: dict[str, np.ndarray], config: dict, max_hyp_len: i
         tokens = F.where(tokens < 0, tokens + vocab, tokens)  # ONNX Gather wraps negative ids: -1 embeds row vocab-1
         table = p["embed.0.weight"] * math.sqrt(d_model)  # PositionalEncoding's xscale, folded
         x = F.gather(F.constant(table, op="table"), tokens, axis=0)  # [hyps*(L-1), d]
-        pe = F.slice(F.constant(p["embed.1.pe"].reshape(-1, d_model)[:max_hyp_len][None], op="pe"), [0, 0, 0], F.shape_tensor([1, length, d_model]))
+        pe_table = p["embed.1.pe"].reshape(-1, d_model)
+        if max_hyp_len > pe_table.shape[0]:
+            raise ValueError(f"profile: hyps of {max_hyp_len} tokens need that many positions, but decoder.embed.1.pe has {pe_table.shape[0]}")
+        pe = F.slice(F.constant(pe_table[:max_hyp_len][None], op="pe"), [0, 0, 0], F.shape_tensor([1, length, d_model]))
         x = F.reshape(F.reshape(x, [hyps, length, d_model]) + pe, [-1, d_model])
 
     memory = F.reshape(encoder_out, [-1, d_model])

@@ -41,6 +41,7 @@ ACTIVATIONS = {"swish": F.swish, "relu": F.relu}
 
 
 def global_cmvn(x: F.Tensor, p: Params) -> F.Tensor:
+    """GlobalCMVN: (x - mean) * istd, as x * istd + (-mean * istd) with the shift precomputed."""
     with F.scope("encoder.global_cmvn"):
         istd = p["global_cmvn.istd"]
         x = F.to_compute(x)
@@ -185,7 +186,10 @@ def encoder_network(weights: dict[str, np.ndarray], config: dict, max_frames_out
         masks["lengths"] = lengths_out  # what the attention plugin masks keys with
 
     # Sinusoidal table for T'max positions only: what the profile can reach, not max_len 5000.
-    pos_table = p["embed.pos_enc.pe"].reshape(-1, d_model)[:max_frames_out]
+    pos_table = p["embed.pos_enc.pe"].reshape(-1, d_model)
+    if max_frames_out > pos_table.shape[0]:
+        raise ValueError(f"profile: T' up to {max_frames_out} needs that many positions, but encoder.embed.pos_enc.pe has {pos_table.shape[0]}")
+    pos_table = pos_table[:max_frames_out]
     for i in range(cfg["num_blocks"]):
         with F.scope(f"encoder.encoders.{i}"):
             x = conformer_block(x, p.sub(f"encoders.{i}"), pos_table, seq, masks, cfg)
