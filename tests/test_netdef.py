@@ -164,13 +164,17 @@ def test_weights_of_another_config(tiny_model, aishell_model, tmp_path, capsys):
     assert "encoder.safetensors" in line and "config.json" in line
 
 
-def test_plugins_refused_without_plugin_layers(tiny_model, tmp_path, capsys):
+def test_plugins_need_plugin_layers(tiny_model, tmp_path, capsys):
+    """Without add_plugin_v3 (TensorRT-RTX) --plugins is refused; with full TensorRT the plan records them."""
     from netdef.backend import HAS_PLUGIN_V3
 
-    if HAS_PLUGIN_V3:
-        pytest.skip("full TensorRT with plugin layers is installed: nothing to refuse")
-    (line,) = _cli_error(["--weights", str(tiny_model.weights_dir), "--plugins", "layernorm"], capsys, tmp_path)
-    assert "plugin" in line and "full TensorRT" in line
+    args = ["--weights", str(tiny_model.weights_dir), "--plugins", "layernorm,attention"]
+    if not HAS_PLUGIN_V3:
+        (line,) = _cli_error(args, capsys, tmp_path)
+        assert "plugin" in line and "full TensorRT" in line
+    else:
+        assert build_main(args + ["--out", str(tmp_path), "--quiet"]) == 0
+        assert json.loads((tmp_path / "manifest.json").read_text())["plugins"] == ["layernorm", "attention"]
 
 
 def test_wenet_default_decoder_export(tmp_path):
