@@ -141,3 +141,28 @@ def test_bad_arguments_exit_2(capsys):
         compare.parse_args(["--kinds", "netdef,onnx"])
     assert exc.value.code == 2
     assert "--kinds: expected a comma list of netdef, parser, got 'netdef,onnx'" in capsys.readouterr().err
+
+
+def test_report_on_a_users_model(tiny_model, tmp_path):
+    """--onnx DIR --weights WDIR: a folder with only the two ONNX files (no cases): the cases are made
+    with ONNX Runtime, and the netdef FP32 engines match them."""
+    import json
+    import shutil
+
+    onnx_dir = tmp_path / "my_model"
+    onnx_dir.mkdir()
+    for f in ("encoder.onnx", "decoder.onnx"):
+        shutil.copy(tiny_model.dir / f, onnx_dir / f)
+    out = tmp_path / "report"
+    rc = compare.main(["--onnx", str(onnx_dir), "--weights", str(tiny_model.weights_dir), "--kinds", "netdef",
+                       "--precisions", "fp32", "--out", str(out), "--quiet"])
+    assert rc == 0 and (out / "cases.npz").is_file() and not (onnx_dir / "cases.npz").exists()
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"] == "my_model"
+    assert {e["network"] for e in report["engines"]} == {"encoder", "decoder"}
+    assert all(r["pass"] for e in report["engines"] for r in e["accuracy"])
+
+
+def test_onnx_needs_weights():
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--onnx", "somewhere"])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -307,15 +308,44 @@ def plot(report: dict) -> bytes:
 # ------------------------------------------------------------------------------------------------ main
 
 
+def user_model(onnx_dir: Path, weights_dir: Path, cases: Path | None):
+    """ModelPaths for a user's model: DIR/encoder.onnx + decoder.onnx and their extracted weights.
+
+    Cases: --cases FILE, else DIR/cases.npz, else hackathon-style cases made with ONNX Runtime
+    references on those ONNX files (saved as cases.npz in the report folder, never in DIR)."""
+    from weights.default_model import ModelPaths
+
+    for f in ("encoder.onnx", "decoder.onnx"):
+        if not (onnx_dir / f).is_file():
+            raise FileNotFoundError(f"--onnx {onnx_dir}: no {f} there")
+    if not (weights_dir / "config.json").is_file():
+        raise FileNotFoundError(f"--weights {weights_dir}: no config.json (run tools/extract_weights.py first)")
+    cases = cases or (onnx_dir / "cases.npz" if (onnx_dir / "cases.npz").is_file() else None)
+    return ModelPaths(onnx_dir, onnx_dir / "encoder.onnx", onnx_dir / "decoder.onnx", cases, weights_dir, onnx_dir.resolve().name, -1)
+
+
+def load_cases(model, out: Path, log=print):
+    if model.cases is not None:
+        return np.load(model.cases)
+    from tools.export_wenet import make_cases
+
+    log(f"[compare] no cases file: making the 9 hackathon cases with ONNX Runtime on {model.dir}")
+    config = json.loads((Path(model.weights_dir) / "config.json").read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "cases.npz", **make_cases(config, Path(model.dir), seed=0))
+    return np.load(out / "cases.npz")
+
+
 def compare(model_name: str, out: Path, *, kinds=KINDS, precisions=PRECISIONS, profile: ProfileSpec | None = None,
-            quiet: bool = False, parser_fp32_ops: tuple[str, ...] = (), log=print) -> dict:
+            quiet: bool = False, parser_fp32_ops: tuple[str, ...] = (), log=print, model=None) -> dict:
+    """The report for the built-in model `model_name`, or for `model` (a ModelPaths) when given."""
     from netdef.evaluator import evaluate
     from netdef.runtime import gpu_runtime_status
     from weights.default_model import ensure_model
 
     profile = profile or ProfileSpec()
-    model = ensure_model(model_name)
-    cases = np.load(model.cases)
+    model = model or ensure_model(model_name)
+    cases = load_cases(model, out, log)
     usable, why = gpu_runtime_status()
     note = "measured with CUDA events" if usable else NO_RUNTIME
     entries = []
@@ -355,6 +385,9 @@ def write_report(report: dict, out: Path) -> dict[str, Path]:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="aishell", choices=("aishell", "tiny"), help="built-in model (default aishell)")
+    p.add_argument("--onnx", type=Path, help="your model instead: folder with encoder.onnx and decoder.onnx (needs --weights)")
+    p.add_argument("--weights", type=Path, help="with --onnx: the weights folder tools/extract_weights.py wrote from them")
+    p.add_argument("--cases", type=Path, help="with --onnx: cases.npz (default: DIR/cases.npz, else made with ONNX Runtime)")
     p.add_argument("--out", type=Path, help="output folder (default out/compare-MODEL)")
     p.add_argument("--kinds", default=",".join(KINDS), help="comma list of netdef, parser")
     p.add_argument("--precisions", default=",".join(PRECISIONS), help="comma list of fp32, fp16")
@@ -369,6 +402,10 @@ def parse_args(argv=None):
             p.error(f"--{flag}: expected a comma list of {', '.join(allowed)}, got {getattr(args, flag)!r}")
         setattr(args, flag, chosen)
     args.parser_fp32_ops = tuple(o.strip() for o in args.parser_fp32_ops.split(",") if o.strip())
+    if (args.onnx is None) != (args.weights is None):
+        p.error("--onnx and --weights go together: the ONNX files and the weights extracted from them")
+    if args.onnx is not None:
+        args.model = args.onnx.resolve().name
     args.out = args.out or Path("out") / f"compare-{args.model}"
     return args
 
@@ -381,8 +418,9 @@ def main(argv=None) -> int:
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
     log(f"[compare] TensorRT backend: {describe()}")
     try:
+        model = user_model(args.onnx, args.weights, args.cases) if args.onnx is not None else None
         report = compare(args.model, args.out, kinds=args.kinds, precisions=args.precisions, quiet=args.quiet,
-                         parser_fp32_ops=args.parser_fp32_ops, log=log)
+                         parser_fp32_ops=args.parser_fp32_ops, log=log, model=model)
     except (BuildError, ParseError, FileNotFoundError, KeyError, ValueError) as exc:
         log(f"compare: error: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}")
         return 2
