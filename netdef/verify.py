@@ -98,7 +98,8 @@ def verify_build(manifest_path: Path, *, model=None, weights_dir=None, policy=No
         definitions = {}
         for name, entry in manifest["sources"].items():
             network = name.removesuffix(".onnx")
-            builder, net, parser = parse_onnx(Path(entry["path"]), manifest["precision"] == "fp16")
+            fp32_ops = tuple(manifest.get("parser", {}).get("fp16_extra_fp32_ops", ()))  # the conversion the plan was built with
+            builder, net, parser = parse_onnx(Path(entry["path"]), manifest["precision"] == "fp16", fp32_ops=fp32_ops)
             outs = tuple(net.get_output(i).name for i in range(net.num_outputs))
             definitions[network] = _Parsed(net, outs, (builder, parser))
         config = None
