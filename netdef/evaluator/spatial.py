@@ -60,17 +60,24 @@ def _kernel_and_bias(layer, ins, kernel_shape):
     return kernel, bias
 
 
-@implements("CONVOLUTION")
-def convolution(layer, ins):
+def _conv_operands(layer, ins, transposed: bool):
+    """What (de)convolution share: the FP32 input, window, groups, kernel ([out, in/g, ...] or, transposed,
+    [in, out/g, ...]), bias, stride, dilation and each dilated window's span."""
     x = compute_float(ins[0])
     check_dtype(layer, x, "f")
     window = dims(layer.kernel_size_nd)
-    nd = len(window)
     groups, out_maps = int(layer.num_groups), int(layer.num_output_maps)
     n, c = x.shape[:2]
-    kernel, bias = _kernel_and_bias(layer, ins, (out_maps, c // groups, *window))
+    kernel_shape = (c, out_maps // groups, *window) if transposed else (out_maps, c // groups, *window)
+    kernel, bias = _kernel_and_bias(layer, ins, kernel_shape)
     stride, dilation = dims(layer.stride_nd), dims(layer.dilation_nd)
     spans = [d * (w - 1) + 1 for w, d in zip(window, dilation)]
+    return x, window, len(window), groups, out_maps, n, c, kernel, bias, stride, dilation, spans
+
+
+@implements("CONVOLUTION")
+def convolution(layer, ins):
+    x, window, nd, groups, out_maps, n, c, kernel, bias, stride, dilation, spans = _conv_operands(layer, ins, transposed=False)
     pre, post, out = _spatial_padding(
         layer, enum_name(layer.padding_mode), x.shape[2:], spans, stride, dims(layer.pre_padding), dims(layer.post_padding)
     )
@@ -91,15 +98,7 @@ def convolution(layer, ins):
 
 @implements("DECONVOLUTION")
 def deconvolution(layer, ins):
-    x = compute_float(ins[0])
-    check_dtype(layer, x, "f")
-    window = dims(layer.kernel_size_nd)
-    nd = len(window)
-    groups, out_maps = int(layer.num_groups), int(layer.num_output_maps)
-    n, c = x.shape[:2]
-    kernel, bias = _kernel_and_bias(layer, ins, (c, out_maps // groups, *window))
-    stride, dilation = dims(layer.stride_nd), dims(layer.dilation_nd)
-    spans = [d * (w - 1) + 1 for w, d in zip(window, dilation)]
+    x, window, nd, groups, out_maps, n, c, kernel, bias, stride, dilation, spans = _conv_operands(layer, ins, transposed=True)
     spatial = list(x.shape[2:])
     pre, post, out = _spatial_padding(
         layer, enum_name(layer.padding_mode), spatial, spans, stride,
