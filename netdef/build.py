@@ -129,6 +129,23 @@ def build_networks(weights, fp16: bool = False, *, profile: ProfileSpec | None =
     return {n: define_network(n, weights, policy, profile, per_network[n], tuple(plugins)) for n in networks}
 
 
+def write_engines(definitions: dict[str, NetworkDefinition], weights, out_dir: Path, *, quiet: bool = False) -> Path:
+    """Build defined networks into out_dir/<name>.plan and write the manifest; returns its path.
+
+    The definitions stay usable afterwards (building does not change a network): --verify and
+    tools/compare.py evaluate the very networks that were built."""
+    plans: list[PlanInfo] = []
+    for name, d in definitions.items():
+        if not quiet:
+            print(f"[netdef] building {name}: {d.num_layers} layers, outputs {', '.join(d.outputs)}", file=sys.stderr, flush=True)
+        plans.append(build_plan(d.builder, d.network, name, d.ranges, Path(out_dir) / f"{name}.plan", quiet=quiet))
+    first = next(iter(definitions.values()))
+    sources = {f: source_entry(Path(weights.dir) / f) for f in ("config.json", "encoder.safetensors", "decoder.safetensors")}
+    fp16 = first.policy.default == "fp16"
+    return write_manifest(Path(out_dir), kind="netdef", precision="fp16" if fp16 else "fp32", plans=plans, sources=sources,
+                          extra={"precision_policy": first.policy.to_json(), "plugins": list(first.plugins)})
+
+
 def build_engines(weights, out_dir: Path, fp16: bool = False, *, profile: ProfileSpec | None = None,
                   policy: PrecisionPolicy | None = None, outputs: list[str] | None = None, networks=NETWORKS,
                   plugins=(), quiet: bool = False) -> Path:
@@ -138,15 +155,7 @@ def build_engines(weights, out_dir: Path, fp16: bool = False, *, profile: Profil
     if not hasattr(weights, "config"):
         weights = load_weights(weights)
     definitions = build_networks(weights, fp16, profile=profile, policy=policy, outputs=outputs, networks=networks, plugins=plugins)
-    plans: list[PlanInfo] = []
-    for name, d in definitions.items():
-        if not quiet:
-            print(f"[netdef] building {name}: {d.num_layers} layers, outputs {', '.join(d.outputs)}", file=sys.stderr, flush=True)
-        info = build_plan(d.builder, d.network, name, d.ranges, Path(out_dir) / f"{name}.plan", quiet=quiet)
-        plans.append(info)
-    sources = {f: source_entry(Path(weights.dir) / f) for f in ("config.json", "encoder.safetensors", "decoder.safetensors")}
-    return write_manifest(Path(out_dir), kind="netdef", precision="fp16" if fp16 else "fp32", plans=plans, sources=sources,
-                          extra={"precision_policy": definitions[next(iter(definitions))].policy.to_json(), "plugins": list(plugins)})
+    return write_engines(definitions, weights, out_dir, quiet=quiet)
 
 
 def _triple(text: str, flag: str) -> tuple[int, int, int]:
@@ -187,7 +196,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     prof.add_argument("--encoder-out-frames", type=lambda s: _triple(s, "--encoder-out-frames"), default=ProfileSpec.encoder_out_frames, metavar="MIN,OPT,MAX", help="decoder encoder_out T range (default 1,64,256)")
     prof.add_argument("--hyp-len", type=int, default=ProfileSpec.hyp_len, help="decoder hyps_pad_sos_eos length (default 64)")
     ap.add_argument("--verify", action="store_true", help="evaluate the networks on the CPU on the 9 hackathon cases against ONNX Runtime and write verify.json")
-    ap.add_argument("--cases", type=Path, default=None, help="with --verify: cases.npz with inputs and ONNX Runtime outputs (default: the built-in model's, or computed from the ONNX files named in config.json)")
+    ap.add_argument("--cases", type=Path, default=None, help="with --verify: cases.npz with inputs and ONNX Runtime outputs (default: the built-in model's; --onnx DIR/cases.npz for --parser; else computed from the ONNX files config.json names)")
     ap.add_argument("--quiet", action="store_true", help="no build progress")
     ap.add_argument("-v", "--verbose", action="store_true")
     return ap.parse_args(argv)
@@ -228,6 +237,7 @@ def _run(args) -> int:
     out = args.out or Path("out") / f"{args.model if source is None else source.resolve().name}-{'parser' if args.parser else 'netdef'}-{precision}"
 
     start = time.perf_counter()
+    definitions, config = None, None  # the parser's networks are freed after its build; --verify parses again
     if args.parser:
         from .parser_baseline import build_parser_engines
 
@@ -238,15 +248,19 @@ def _run(args) -> int:
         from weights.loader import load_weights
 
         weights = load_weights(args.weights or model.weights_dir)
-        manifest = build_engines(weights, out, args.fp16, profile=profile, policy=policy, outputs=outputs,
-                                 networks=networks, plugins=plugins, quiet=args.quiet)
+        config = weights.config
+        definitions = build_networks(weights, args.fp16, profile=profile, policy=policy, outputs=outputs,
+                                     networks=networks, plugins=plugins)
+        manifest = write_engines(definitions, weights, out, quiet=args.quiet)
     print(f"[netdef] wrote {manifest} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
 
     if args.verify:
         from .verify import print_table, verify_build
 
-        report = verify_build(manifest, model=model, weights_dir=args.weights, policy=policy,
-                              profile=profile, outputs=outputs, plugins=plugins, cases_path=args.cases)
+        cases_path = args.cases or (model.cases if model is not None else None)
+        if cases_path is None and args.parser and (args.onnx / "cases.npz").is_file():
+            cases_path = args.onnx / "cases.npz"
+        report = verify_build(manifest, definitions=definitions, config=config, cases_path=cases_path)
         print_table(report)
         return 0 if report["all_pass"] else 1
     return 0

@@ -78,40 +78,33 @@ def verify_definitions(definitions: dict, cases, progress=True) -> dict:
     return {"cases": rows, "all_pass": bool(rows) and all(r["pass"] for r in rows)}
 
 
-def verify_build(manifest_path: Path, *, model=None, weights_dir=None, policy=None, profile=None, outputs=None, plugins=(),
-                 cases_path=None) -> dict:
-    """Re-create the networks a manifest was built from, verify them, write verify.json beside it."""
+def verify_build(manifest_path: Path, *, definitions: dict | None = None, config: dict | None = None, cases_path=None) -> dict:
+    """Verify the networks a manifest was built from and write verify.json beside it.
+
+    definitions: the netdef networks that were built (netdef.build.NetworkDefinition by name); for a
+    parser build, None: the ONNX files the manifest names are parsed again with the same conversion.
+    Cases: cases_path, else made with ONNX Runtime on the ONNX files config.json names."""
     manifest = json.loads(Path(manifest_path).read_text())
-    out_dir = Path(manifest_path).parent
-    if manifest["kind"] == "netdef":
-        from weights.loader import load_weights
-
-        from .build import build_networks
-
-        weights = load_weights(weights_dir or model.weights_dir)
-        definitions = build_networks(weights, manifest["precision"] == "fp16", profile=profile, policy=policy, outputs=outputs,
-                                     networks=tuple(manifest["engines"]), plugins=plugins)
-        config = weights.config
-    else:
+    if definitions is None:
+        if manifest["kind"] != "parser":
+            raise ValueError(f"{manifest_path}: a {manifest['kind']} build is verified from its network definitions")
         from .parser_baseline import parse_onnx
 
         definitions = {}
+        fp32_ops = tuple(manifest.get("parser", {}).get("fp16_extra_fp32_ops", ()))  # the conversion the plan was built with
         for name, entry in manifest["sources"].items():
-            network = name.removesuffix(".onnx")
-            fp32_ops = tuple(manifest.get("parser", {}).get("fp16_extra_fp32_ops", ()))  # the conversion the plan was built with
             builder, net, parser = parse_onnx(Path(entry["path"]), manifest["precision"] == "fp16", fp32_ops=fp32_ops)
             outs = tuple(net.get_output(i).name for i in range(net.num_outputs))
-            definitions[network] = _Parsed(net, outs, (builder, parser))
-        config = None
+            definitions[name.removesuffix(".onnx")] = _Parsed(net, outs, (builder, parser))
     if cases_path is not None:
         cases = np.load(cases_path)
-    elif model is not None:
-        cases = np.load(model.cases)
-    else:
+    elif config is not None:
         cases = cases_from_onnx(config)
+    else:
+        raise FileNotFoundError(f"--verify: no cases for {manifest_path}; pass the model's cases.npz with --cases")
     report = verify_definitions(definitions, cases)
     report["kind"], report["precision"] = manifest["kind"], manifest["precision"]
-    atomic_write_json(out_dir / "verify.json", report)
+    atomic_write_json(Path(manifest_path).parent / "verify.json", report)
     return report
 
 

@@ -125,14 +125,16 @@ def build(kind: str, precision: str, model, engine_dir: Path, profile: ProfileSp
         definitions = {n: parse_onnx(getattr(model, f"{n}_onnx"), fp16, fp32_ops=parser_fp32_ops) for n in NETWORKS}
         networks = {n: (d[1], d) for n, d in definitions.items()}
     else:
-        from netdef.build import build_engines, build_networks
+        from netdef.build import build_networks, write_engines
+        from weights.loader import load_weights
 
-        manifest_path = build_engines(model.weights_dir, engine_dir, fp16, profile=profile, quiet=quiet)
-        definitions = build_networks(model.weights_dir, fp16, profile=profile)
+        weights = load_weights(model.weights_dir)
+        definitions = build_networks(weights, fp16, profile=profile)
+        manifest_path = write_engines(definitions, weights, engine_dir, quiet=quiet)  # the networks evaluated are the ones built
         networks = {n: (d.network, d) for n, d in definitions.items()}
     manifest = json.loads(Path(manifest_path).read_text())
     for n, (network, _) in networks.items():
-        # The evaluated definition is made again after the build; it must be the one that was built.
+        # A parser network is parsed again after the build; it must be the one that was built.
         if network.num_layers != manifest["engines"][n]["layers"]:
             raise ValueError(f"{kind} {precision} {n}: defined again with {network.num_layers} layers, built with {manifest['engines'][n]['layers']}")
     return [
