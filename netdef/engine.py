@@ -7,15 +7,14 @@ interrupted build never leaves a half-written plan behind.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .backend import BACKEND_NAME, VERSION, trt
+from .files import atomic_write_bytes, atomic_write_json, sha256_file  # noqa: F401 - re-exported
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "wenet-trt-manifest/1"
@@ -26,32 +25,6 @@ ShapeRanges = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
 
 class BuildError(RuntimeError):
     """The builder refused the network; the message says which network and why."""
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def atomic_write_bytes(path: Path, data) -> None:
-    """Write to a temporary file in the same folder, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(memoryview(data))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
 class ProgressPrinter(trt.IProgressMonitor):

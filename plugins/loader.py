@@ -14,10 +14,11 @@ import ctypes
 import hashlib
 import json
 import os
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+from netdef.files import atomic_write_bytes
 
 KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
 NVRTC_OPTIONS = ("--std=c++17", "-default-device")
@@ -64,18 +65,6 @@ def read_source(file_name: str) -> str:
         elif stripped != "#pragma once":
             lines.append(line)
     return "\n".join(lines) + "\n"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def cuda_include_dir() -> str:
@@ -129,8 +118,8 @@ def compile_cubin(file_name: str, name_expression: str, arch: str) -> tuple[byte
     finally:
         nvrtc.nvrtcDestroyProgram(program)
     lowered = lowered.decode() if isinstance(lowered, bytes) else str(lowered)
-    _atomic_write(cubin_path, cubin)
-    _atomic_write(name_path, lowered.encode())
+    atomic_write_bytes(cubin_path, cubin)
+    atomic_write_bytes(name_path, lowered.encode())
     return cubin, lowered
 
 

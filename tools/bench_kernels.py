@@ -19,9 +19,7 @@ graph replays (many launches per graph, so launch overhead is not timed). Prints
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -33,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from netdef.files import atomic_write_json  # noqa: E402
 from plugins import launch, reference  # noqa: E402
 
 GRID_SHAPES = [(b, t) for b in (1, 4, 16) for t in (16, 64, 256)] + [(64, 1024)]
@@ -420,9 +419,7 @@ def main(argv=None) -> int:
         report["fp32_rows_per_thread_sweep"] = sweep_rows_per_thread()
 
     if args.json:
-        tmp = args.json.with_suffix(".tmp")
-        tmp.write_text(json.dumps(report, indent=1))
-        os.replace(tmp, args.json)
+        atomic_write_json(args.json, report, indent=1)
     failed = [c for c in checks if not c["ok"]]
     print(f"\n{len(checks) - len(failed)}/{len(checks)} checks passed")
     return 1 if failed else 0

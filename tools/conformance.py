@@ -26,13 +26,11 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
-import json
 import os
 import re
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 from pathlib import Path
 
@@ -128,19 +126,13 @@ def _extract_node_tests(sdist: Path, version: str, target: Path) -> bool:
         if not any(m.name.endswith("/model.onnx") for m in members):
             return False
         log(f"extracting {sum(m.isfile() for m in members)} files of {NODE_DATA} from {sdist.name}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
+        from netdef.files import atomic_dir
+
+        with atomic_dir(target) as tmp:
             for m in members:
                 m.name = m.name[len(prefix):]
                 if m.name:
                     tar.extract(m, tmp, filter="data")
-            os.replace(tmp, target)
-        except BaseException:
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     return True
 
 
@@ -228,7 +220,6 @@ def run_test(folder: Path, builder, logger) -> dict:
     from netdef.backend import create_network, trt
     from netdef.evaluator import UnsupportedLayerError, evaluate
 
-    name = folder.name
     network = create_network(builder)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(folder / "model.onnx")):

@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -23,6 +21,8 @@ import numpy as np
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from netdef.files import atomic_dir  # noqa: E402
 
 ENCODER_INPUTS = ["speech", "speech_lengths"]
 ENCODER_OUTPUTS = ["encoder_out", "encoder_out_lens", "ctc_log_probs", "beam_log_probs", "beam_log_probs_idx"]
@@ -181,9 +181,7 @@ def export(spec: str | dict, seed: int, out: str | os.PathLike, *, decoder: str 
     cfg = export_config(spec, decoder, fold_bn)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"--out {out}: exists and is not empty")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         if log:
             log("  onnx export")
         export_onnx(cfg, seed, tmp, init)
@@ -192,13 +190,6 @@ def export(spec: str | dict, seed: int, out: str | os.PathLike, *, decoder: str 
             if log:
                 log("  cases (ONNX Runtime)")
             np.savez(tmp / "cases.npz", **make_cases(cfg, tmp, seed))
-        tmp.chmod(0o755)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return cfg
 
 

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from weights.extract import ExtractError, extract  # noqa: E402
-from weights.loader import CONFIG_NAME, FILES, REPORT_NAME, load_weights, sha256_file  # noqa: E402
+from netdef.files import atomic_dir, sha256_file  # noqa: E402
+from weights.loader import CONFIG_NAME, FILES, REPORT_NAME, load_weights  # noqa: E402
 
 
 def extract_to(encoder_onnx: str | Path, decoder_onnx: str | Path, out: str | Path) -> dict:
@@ -31,28 +29,14 @@ def extract_to(encoder_onnx: str | Path, decoder_onnx: str | Path, out: str | Pa
     config, tensors, report = extract(encoder_onnx, decoder_onnx)
     config["sources"] = {part: {"path": str(path), "sha256": sha256_file(Path(path))}
                          for part, path in (("encoder", encoder_onnx), ("decoder", decoder_onnx))}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out, replace=True) as tmp:
         for part, fname in FILES.items():
             save_file(tensors[part], str(tmp / fname), metadata={"format": config["format"], "network": part})
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         (tmp / REPORT_NAME).write_text(json.dumps(report, indent=1) + "\n")
         load_weights(tmp)  # what we wrote must read back against its own config
-        tmp.chmod(0o755)
         for f in tmp.iterdir():
             f.chmod(0o644)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return config
 
 

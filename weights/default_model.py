@@ -14,11 +14,11 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from netdef.files import atomic_dir
 
 REPO = Path(__file__).resolve().parents[1]
 # Every source whose change changes the exported ONNX, the cases or the extracted weights.
@@ -85,15 +85,9 @@ def _build(entry: Path, name: str, seed: int, decoder: str) -> None:
     from tools.export_wenet import export  # imports torch
     from tools.extract_weights import extract_to
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
-    try:
+    with atomic_dir(entry) as build:
         print(f"exporting {name} (seed {seed})...", file=sys.stderr, flush=True)
-        build = tmp / "model"
         export(name, seed, build, decoder=decoder, log=lambda m: print(m, file=sys.stderr, flush=True))
         print(f"extracting weights of {name} (seed {seed})...", file=sys.stderr, flush=True)
         extract_to(build / "encoder.onnx", build / "decoder.onnx", build / "weights")
-        build.chmod(0o755)
-        os.replace(build, entry)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     print(f"model cached in {entry}", file=sys.stderr, flush=True)

@@ -9,12 +9,13 @@ Every name, shape and dtype is checked against the layout that config.json impli
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from netdef.files import sha256_file  # noqa: F401 - extract_weights imports it from here
 
 CONFIG_FORMAT = "wenet-trt-weights/1"
 CONFIG_NAME = "config.json"
@@ -106,14 +107,6 @@ def decoder_layout(config: dict) -> dict[str, tuple[int, ...]]:
 
 
 LAYOUTS = {"encoder": encoder_layout, "decoder": decoder_layout}
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
